@@ -1,0 +1,140 @@
+"""Run configuration: typed dataclasses, one docstring-like help per field, turned into argparse flags.
+
+One config system: the command line fills these dataclasses, the run directory stores them resolved
+(`config.json`), and a requeued or resumed run is checked against the stored copy. Field `foo_bar`
+becomes flag `--foo-bar`; `deepspeed_config` keeps DeepSpeed's spelling `--deepspeed_config`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+
+def _flag(name: str) -> str:
+    return "--deepspeed_config" if name == "deepspeed_config" else "--" + name.replace("_", "-")
+
+
+def option(default, help: str, choices: tuple | None = None, required: bool = False):
+    """A config field with its help text (and choices) for the command line."""
+    metadata = {"help": help, "choices": choices, "required": required}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """What pretraining and finetuning share."""
+
+    data: str = option("", "shard directory (from sharded_data.write or sharded_data.synth)", required=True)
+    out: str = option("", "run directory: config, tokenizer, metrics, checkpoints; resumed if it has a checkpoint", required=True)
+    deepspeed_config: str = option("ds_configs/zero2.json", "DeepSpeed JSON (batch fields are filled from this config)")
+    preset: str = option("tiny", "model size", choices=("tiny", "base", "large"))
+    init_mbart: str = option("", "local mBART directory to initialise the text encoder and decoder from (no downloads)")
+    tokenizer: str = option("", "local tokenizer directory; default: train SentencePiece on the training sentences")
+    vocab_size: int = option(1000, "SentencePiece vocabulary size when the tokenizer is trained here")
+    character_level: bool = option(False, "character-level tokenizer (Chinese)")
+    epochs: int = option(10, "training epochs (ignored when --max-steps > 0)")
+    max_steps: int = option(0, "optimizer steps to train; 0 = run --epochs")
+    micro_batch_size: int = option(8, "samples per rank per forward")
+    grad_accum: int = option(1, "micro batches per optimizer step")
+    lr: float = option(1e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_steps: int = option(100, "linear warmup steps before the cosine decay")
+    grad_clip: float = option(1.0, "gradient clipping norm")
+    max_frames: int = option(128, "frames kept per video (uniform temporal sampling above this)")
+    frame_size: int = option(0, "square frame side fed to the CNN; 0 = the preset's")
+    max_text_tokens: int = option(64, "target tokens kept per sentence")
+    lora: bool = option(True, "train the decoder through LoRA (off = full finetuning)")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.1, "LoRA dropout")
+    num_workers: int = option(2, "data loader worker processes per rank")
+    seed: int = option(0, "seed for model init, sampling and augmentation")
+    save_every: int = option(200, "checkpoint every N optimizer steps (and always at the end)")
+    keep_last: int = option(3, "checkpoints kept (older tags are deleted)")
+    eval_every: int = option(200, "dev evaluation every N optimizer steps (and at the end); 0 = only at the end")
+    log_every: int = option(10, "metrics to JSONL/TensorBoard every N optimizer steps")
+    local_rank: int = option(-1, "set by the deepspeed launcher; ignored (the environment is read instead)")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Stage 1: contrastive video-text learning (+ translation), random or Pair-Selected negatives."""
+
+    similarity: str = option("token", "video-text similarity", choices=("token", "cls", "mean"))
+    translation_weight: float = option(1.0, "weight of the joint translation loss (0 = pure contrastive)")
+    same_sentence: str = option("mask", "same-sentence pairs: masked out or extra positives", choices=("mask", "positive"))
+    negatives: str = option("random", "negatives: random in-batch, or Pair Selection", choices=("random", "ps"))
+    curriculum: str = option("log", "Pair Selection schedule", choices=("log", "linear", "sqrt", "easy", "hard"))
+    ps_score: str = option("delta", "Pair Selection score", choices=("delta", "mean", "slope", "var", "last"))
+    ps_pool_size: int = option(0, "candidates drawn per greedy step (0 = all remaining samples)")
+    reference_run: str = option("", "reference run whose trajectories drive Pair Selection (--negatives ps)")
+    record_trajectory_every: int = option(0, "embed the training split every k epochs (reference run); 0 = off")
+    label_smoothing: float = option(0.2, "label smoothing of the translation loss")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Stage 2: translation finetuning, from a pretraining run or from scratch."""
+
+    init: str = option("", "pretraining run to start from (its latest checkpoint); empty = from scratch")
+    init_tag: str = option("", "checkpoint tag of --init (default: its latest)")
+    label_smoothing: float = option(0.2, "label smoothing of the translation loss")
+    num_beams: int = option(5, "beam size for evaluation")
+    max_new_tokens: int = option(60, "longest generated translation")
+    bleu_tokenize: str = option("13a", "sacreBLEU tokenizer: 13a (German, English), zh (Chinese)", choices=("13a", "zh", "intl", "char", "none"))
+
+
+Config = typing.TypeVar("Config", bound=TrainConfig)
+
+
+def build_parser(config_class: type[TrainConfig], description: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description or config_class.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(config_class)
+    for spec in dataclasses.fields(config_class):
+        kind, meta = hints[spec.name], spec.metadata
+        flags = [_flag(spec.name)]
+        if spec.name == "local_rank":
+            flags.append("--local_rank")
+        if kind is bool:
+            parser.add_argument(*flags, dest=spec.name, action=argparse.BooleanOptionalAction,
+                                default=spec.default, help=meta.get("help"))
+            continue
+        parser.add_argument(*flags, dest=spec.name, type=kind, default=spec.default, help=meta.get("help"),
+                            choices=meta.get("choices"), required=meta.get("required", False))
+    return parser
+
+
+def parse_config(config_class: type[Config], argv: list[str] | None = None) -> Config:
+    args = build_parser(config_class).parse_args(argv)
+    config = config_class(**vars(args))
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Refuse inconsistent settings before any compute, naming the flag and the fix."""
+    problems = []
+    if config.micro_batch_size < 1 or config.grad_accum < 1:
+        problems.append("--micro-batch-size and --grad-accum must be >= 1")
+    if config.max_steps <= 0 and config.epochs <= 0:
+        problems.append("give --epochs > 0 or --max-steps > 0")
+    if config.keep_last < 1:
+        problems.append("--keep-last must be >= 1 (the latest checkpoint is always kept)")
+    if isinstance(config, PretrainConfig):
+        if config.negatives == "ps" and not config.reference_run:
+            problems.append("--negatives ps needs --reference-run RUN (a run made with --record-trajectory-every k)")
+        if config.micro_batch_size < 2 and config.negatives == "ps":
+            problems.append("Pair Selection needs batches of at least 2 samples (--micro-batch-size)")
+    if problems:
+        raise SystemExit("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def to_dict(config: TrainConfig) -> dict:
+    out = dataclasses.asdict(config)
+    out.pop("local_rank", None)
+    return out
