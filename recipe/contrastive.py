@@ -1,0 +1,256 @@
+"""Symmetric video-text contrastive loss over the global batch, with a negative-selection hook.
+
+Two explicit steps, so the loss is a pure function of tensors and testable at world size 1:
+
+1. `gather_features` collects every rank's token features (with autograd: gradients flow back to
+   the rank that produced them), masks, sample ids and sentence ids. Token dims are padded to the
+   global max first; the similarity ignores padded tokens through the masks.
+2. `contrastive_loss` scores this rank's rows against all gathered columns, open_clip's "local loss":
+   v2t = local videos x global texts, t2v = local texts x global videos, the positive of local row i
+   at global column offset + i. Each direction is the mean cross-entropy over the local rows.
+
+Why the mean over local rows is right: DeepSpeed averages gradients over data-parallel ranks, and the
+all-gather's backward sums the column gradients from every rank back to their owner, so the update is
+the gradient of (1/W) sum_r loss_r = the mean over the whole global batch (ranks hold equal batches).
+
+Negatives:
+- Two samples of the same sentence are never each other's negatives: `same_sentence="mask"` removes
+  the pair (logit -inf), `"positive"` makes every same-sentence column a positive (uniform target).
+- A selection hook (Pair Selection) says which remaining negatives to KEEP, per (local sample, global
+  sample) pair; the decision applies to both directions (video i vs text j, and text i vs video j).
+  The positive is never dropped. `kept_negative_fraction` reports kept / candidate negatives on this rank.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from recipe.features import ContrastiveFeatures
+
+SelectionHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(local_sample_ids [b], global_sample_ids [G]) -> bool [b, G]: True = keep that negative pair."""
+
+SimilarityFn = Callable[..., torch.Tensor]
+"""similarity(video, video_mask, text, text_mask, kind=..., chunk_size=...) -> [Bv, Bt]."""
+
+SIMILARITY_KINDS = ("token", "cls", "mean")
+SAME_SENTENCE_MODES = ("mask", "positive")
+
+
+@dataclass
+class GatheredBatch:
+    """This rank's batch and the global batch it is contrasted against."""
+
+    local: ContrastiveFeatures
+    """This rank's features as the model produced them (unpadded, with their autograd graph)."""
+    local_sample_ids: torch.Tensor
+    local_sentence_ids: torch.Tensor
+    features: ContrastiveFeatures
+    """All ranks' features in rank order, token dims padded to the global max; differentiable."""
+    sample_ids: torch.Tensor
+    sentence_ids: torch.Tensor
+    offset: int
+    """Global index of this rank's first sample (rank x local batch size)."""
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.local.batch_size
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.features.batch_size
+
+
+def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - tokens.shape[1]
+    if extra == 0:
+        return tokens, mask
+    return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+def _all_gather(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Concatenate every rank's tensor along dim 0; differentiable (backward = reduce-scatter of the sum).
+
+    Not the "gather without grad, then put the local slice back" trick: that drops the gradients that
+    other ranks' losses send to this rank's features and is wrong under mean reduction.
+    """
+    from torch.distributed import _functional_collectives as funcol
+
+    gathered = funcol.all_gather_single(tensor.contiguous(), 0, group or dist.group.WORLD)
+    return funcol.wait_tensor(gathered)
+
+
+def gather_features(
+    features: ContrastiveFeatures,
+    sample_ids: torch.Tensor,
+    sentence_ids: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+) -> GatheredBatch:
+    """All-gather features (with autograd), masks and ids; identity without a multi-rank process group."""
+    device = features.video.device
+    sample_ids = torch.as_tensor(sample_ids, device=device).long().view(-1)
+    sentence_ids = torch.as_tensor(sentence_ids, device=device).long().view(-1)
+    if sample_ids.numel() != features.batch_size or sentence_ids.numel() != features.batch_size:
+        raise ValueError(
+            f"{features.batch_size} samples but {sample_ids.numel()} sample ids and {sentence_ids.numel()} sentence ids"
+        )
+    if features.video.shape[-1] != features.text.shape[-1]:
+        raise ValueError(f"video dim {features.video.shape[-1]} != text dim {features.text.shape[-1]}")
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return GatheredBatch(features, sample_ids, sentence_ids, features, sample_ids, sentence_ids, offset=0)
+
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    batch, video_len, text_len = features.batch_size, features.video.shape[1], features.text.shape[1]
+    with torch.no_grad():
+        sizes = _all_gather(torch.tensor([[batch, video_len, text_len]], device=device), group)
+    if (sizes[:, 0] != batch).any():
+        raise ValueError(
+            f"ranks hold different batch sizes {sizes[:, 0].tolist()}: the global contrastive loss needs "
+            "equal micro-batches on every rank (pad with repeated samples marked valid=False)"
+        )
+    max_video, max_text = int(sizes[:, 1].max()), int(sizes[:, 2].max())
+    video, video_mask = _pad_tokens(features.video, features.video_mask, max_video)
+    text, text_mask = _pad_tokens(features.text, features.text_mask, max_text)
+
+    # One collective for both token tensors, one for masks + ids.
+    tokens = _all_gather(torch.cat([video, text], dim=1), group)
+    with torch.no_grad():
+        meta = torch.cat([video_mask.long(), text_mask.long(), sample_ids[:, None], sentence_ids[:, None]], dim=1)
+        meta = _all_gather(meta, group)
+    gathered = ContrastiveFeatures(
+        video=tokens[:, :max_video],
+        video_mask=meta[:, :max_video].bool(),
+        text=tokens[:, max_video:],
+        text_mask=meta[:, max_video : max_video + max_text].bool(),
+    )
+    return GatheredBatch(
+        local=features,
+        local_sample_ids=sample_ids,
+        local_sentence_ids=sentence_ids,
+        features=gathered,
+        sample_ids=meta[:, -2],
+        sentence_ids=meta[:, -1],
+        offset=rank * batch,
+    )
+
+
+def _default_similarity() -> SimilarityFn:
+    from recipe.similarity import similarity  # imported late: the loss is testable without the model code
+
+    return similarity
+
+
+def contrastive_loss(
+    batch: GatheredBatch,
+    logit_scale: torch.Tensor,
+    similarity_kind: str = "token",
+    same_sentence: str = "mask",
+    selection: SelectionHook | None = None,
+    chunk_size: int | None = None,
+    similarity_fn: SimilarityFn | None = None,
+) -> dict[str, torch.Tensor]:
+    """Loss of this rank's rows against the global batch; see the module docstring.
+
+    Returns loss = (loss_v2t + loss_t2v) / 2, both directions, and kept_negative_fraction (detached).
+    `logit_scale` is the log of the inverse temperature (the caller clamps it).
+    """
+    if similarity_kind not in SIMILARITY_KINDS:
+        raise ValueError(f"similarity_kind must be one of {SIMILARITY_KINDS}, got {similarity_kind!r}")
+    if same_sentence not in SAME_SENTENCE_MODES:
+        raise ValueError(f"same_sentence must be one of {SAME_SENTENCE_MODES}, got {same_sentence!r}")
+    similarity_fn = similarity_fn or _default_similarity()
+    options = {"kind": similarity_kind} if chunk_size is None else {"kind": similarity_kind, "chunk_size": chunk_size}
+    local, full = batch.local, batch.features
+    sim_v2t = similarity_fn(local.video, local.video_mask, full.text, full.text_mask, **options)  # [b, G]
+    sim_t2v = similarity_fn(full.video, full.video_mask, local.text, local.text_mask, **options).T  # [b, G]
+
+    rows = torch.arange(batch.local_batch_size, device=sim_v2t.device)
+    positive_column = batch.offset + rows
+    same = batch.local_sentence_ids[:, None] == batch.sentence_ids[None, :]  # includes each row's own positive
+    negatives = ~same
+    keep = negatives
+    if selection is not None:
+        chosen = selection(batch.local_sample_ids, batch.sample_ids)
+        if not isinstance(chosen, torch.Tensor) or chosen.dtype != torch.bool or chosen.shape != same.shape:
+            raise ValueError(
+                f"selection hook must return a bool tensor of shape {tuple(same.shape)} (local x global), got "
+                f"{getattr(chosen, 'dtype', type(chosen))} {tuple(getattr(chosen, 'shape', ()))}"
+            )
+        keep = negatives & chosen.to(same.device)
+
+    if same_sentence == "mask":
+        allowed = keep.clone()
+        allowed[rows, positive_column] = True
+        target = positive_column
+    else:
+        allowed = keep | same
+        target = same.float() / same.sum(dim=1, keepdim=True)
+
+    scale = logit_scale.float().exp()
+    loss_v2t = _cross_entropy(scale * sim_v2t.float(), allowed, target)
+    loss_t2v = _cross_entropy(scale * sim_t2v.float(), allowed, target)
+    candidates = negatives.sum()
+    # No candidate negatives at all (every sample of the global batch says the same sentence): nothing was dropped.
+    fraction = keep.sum() / candidates if candidates > 0 else torch.ones((), device=same.device)
+    return {
+        "loss": (loss_v2t + loss_t2v) / 2,
+        "loss_v2t": loss_v2t,
+        "loss_t2v": loss_t2v,
+        "kept_negative_fraction": fraction.float().detach(),
+    }
+
+
+def _cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over rows; columns outside `allowed` take no part (logit -inf).
+
+    `target` is either the column index of the single positive, or a probability row (multi-positive).
+    """
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    if target.dtype == torch.long:
+        return F.cross_entropy(logits, target)
+    # Zero the -inf log-probabilities of excluded columns (their target is 0) so 0 * -inf never makes NaN.
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(~allowed, 0.0)
+    return -(target * log_prob).sum(dim=1).mean()
+
+
+@dataclass
+class ContrastiveLoss:
+    """Gather + loss in one call: `loss_fn(features, logit_scale, sample_ids, sentence_ids, selection)`."""
+
+    similarity_kind: str = "token"
+    """token (CiCo late interaction), cls or mean; see `recipe.similarity`."""
+    same_sentence: str = "mask"
+    """What two samples of one sentence are to each other: "mask" (not negatives) or "positive"."""
+    chunk_size: int | None = None
+    """Passed to the similarity to bound its memory; None = its default."""
+    similarity_fn: SimilarityFn | None = None
+    """Injectable for tests; None = `recipe.similarity.similarity`."""
+
+    def __post_init__(self) -> None:
+        if self.similarity_kind not in SIMILARITY_KINDS:
+            raise ValueError(f"similarity_kind must be one of {SIMILARITY_KINDS}, got {self.similarity_kind!r}")
+        if self.same_sentence not in SAME_SENTENCE_MODES:
+            raise ValueError(f"same_sentence must be one of {SAME_SENTENCE_MODES}, got {self.same_sentence!r}")
+
+    def __call__(
+        self,
+        features: ContrastiveFeatures,
+        logit_scale: torch.Tensor,
+        sample_ids: torch.Tensor,
+        sentence_ids: torch.Tensor,
+        selection: SelectionHook | None = None,
+    ) -> dict[str, torch.Tensor]:
+        batch = gather_features(features, sample_ids, sentence_ids)
+        return contrastive_loss(
+            batch,
+            logit_scale,
+            similarity_kind=self.similarity_kind,
+            same_sentence=self.same_sentence,
+            selection=selection,
+            chunk_size=self.chunk_size,
+            similarity_fn=self.similarity_fn,
+        )
