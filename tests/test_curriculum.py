@@ -1,0 +1,204 @@
+"""Curriculum schedules and the batch samplers: endpoints, greedy quantile choice, determinism, coverage, resume."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recipe.curriculum import SCHEDULES, CurriculumSchedule, epoch_progress
+from recipe.pair_selection import (
+    CurriculumBatchSampler,
+    PairScorer,
+    RandomBatchSampler,
+    build_greedy_batch,
+    quantile_index,
+    rank_slice,
+)
+from recipe.trajectory_store import Trajectory
+
+
+def _scorer(n: int, k: int = 3, e: int = 16, seed: int = 0, sentence_ids=None, score: str = "delta") -> PairScorer:
+    g = torch.Generator().manual_seed(seed)
+    norm = lambda x: torch.nn.functional.normalize(x, dim=-1).half()  # noqa: E731
+    ids = torch.arange(100, 100 + n)  # sample ids need not start at 0
+    sentences = ids.clone() if sentence_ids is None else torch.as_tensor(sentence_ids)
+    traj = Trajectory(list(range(k)), ids, sentences, norm(torch.randn(k, n, e, generator=g)),
+                      norm(torch.randn(k, n, e, generator=g)), [Path("run/trajectories/ref-0000.safetensors")])
+    return PairScorer(traj, score=score)
+
+
+# --- schedules ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["log", "linear", "sqrt"])
+def test_rising_schedules_go_from_start_to_end_monotonically(name):
+    schedule = CurriculumSchedule(name)
+    assert schedule.alpha(0.0) == 0.0 and schedule.alpha(1.0) == pytest.approx(1.0)
+    values = [schedule.alpha(x) for x in np.linspace(0, 1, 21)]
+    assert all(b > a for a, b in zip(values, values[1:]))
+    custom = CurriculumSchedule(name, alpha_start=0.2, alpha_end=0.9)
+    assert custom.alpha(0.0) == pytest.approx(0.2) and custom.alpha(1.0) == pytest.approx(0.9)
+    assert custom.alpha(-1.0) == pytest.approx(0.2) and custom.alpha(3.0) == pytest.approx(0.9)  # clamped
+
+
+def test_schedule_values_and_ablations():
+    assert CurriculumSchedule("linear").alpha(0.25) == 0.25
+    assert CurriculumSchedule("sqrt").alpha(0.25) == 0.5
+    assert CurriculumSchedule("log").alpha(0.5) == pytest.approx(math.log(5.5) / math.log(10))
+    assert CurriculumSchedule("log", log_base=100).alpha(0.5) == pytest.approx(math.log(50.5) / math.log(100))
+    # both concave schedules front-load the hardening compared with linear
+    assert CurriculumSchedule("log").alpha(0.5) > CurriculumSchedule("sqrt").alpha(0.5) > 0.5
+    for x in (0.0, 0.3, 1.0):
+        assert CurriculumSchedule("easy").alpha(x) == 0.0
+        assert CurriculumSchedule("hard").alpha(x) == 1.0
+        assert CurriculumSchedule("easy", alpha_start=0.1).alpha(x) == 0.1
+    assert set(SCHEDULES) == {"log", "linear", "sqrt", "easy", "hard"}
+    with pytest.raises(ValueError, match="unknown curriculum schedule"):
+        CurriculumSchedule("cosine")
+    with pytest.raises(ValueError, match="endpoints"):
+        CurriculumSchedule("log", alpha_end=1.5)
+
+
+def test_epoch_progress_reaches_both_ends():
+    assert [epoch_progress(e, 5) for e in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert epoch_progress(0, 1) == 0.0
+    assert CurriculumSchedule("linear").alpha_at_epoch(9, 10) == 1.0
+    with pytest.raises(ValueError):
+        epoch_progress(0, 0)
+
+
+def test_quantile_index_ends():
+    assert quantile_index(0.0, 10) == 0 and quantile_index(1.0, 10) == 9 and quantile_index(0.5, 11) == 5
+
+
+# --- greedy batch construction ---------------------------------------------------------------------------
+def _pair_matrix(scorer: PairScorer) -> np.ndarray:
+    """Brute force: score(a, b) + score(b, a) for all trajectory positions, 0 where not a negative pair."""
+    ids = scorer.sample_ids
+    block = scorer.score_block(ids, ids).double()
+    return torch.nan_to_num(block + block.T, nan=0.0).numpy()
+
+
+def _check_greedy(pair: np.ndarray, members: list[int], available: set[int], alpha: float) -> None:
+    """Every member after the seed is the alpha-quantile candidate by change in batch score."""
+    available = set(available) - {members[0]}
+    for step, chosen in enumerate(members[1:]):
+        batch = members[: step + 1]
+        candidates = sorted(available)
+        change = {c: sum(pair[c, b] for b in batch) for c in candidates}
+        ranked = sorted(change.values())
+        assert change[chosen] == pytest.approx(ranked[quantile_index(alpha, len(ranked))], abs=1e-4), step
+        available.remove(chosen)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_greedy_builder_takes_the_quantile_candidate(alpha):
+    scorer = _scorer(30, sentence_ids=[i // 3 if i < 9 else 100 + i for i in range(30)])  # some shared sentences
+    candidates = np.array([p for p in range(30) if p != 4])
+    members = build_greedy_batch(scorer, 4, candidates, 10, alpha)
+    assert members[0] == 4 and len(set(members)) == 10
+    _check_greedy(_pair_matrix(scorer), members, set(candidates), alpha)
+
+
+def test_full_sampler_is_the_greedy_quantile_over_all_remaining_samples():
+    scorer = _scorer(50, sentence_ids=[i // 2 for i in range(50)])
+    pair = _pair_matrix(scorer)
+    sampler = CurriculumBatchSampler(scorer, 8, CurriculumSchedule("linear"), num_epochs=3, seed=7)
+    for epoch in range(3):
+        used: set[int] = set()
+        for batch in sampler.epoch_batches(epoch):
+            positions = scorer.trajectory.positions(batch).tolist()
+            _check_greedy(pair, positions, set(range(50)) - used, sampler.alpha(epoch))
+            used |= set(positions)
+
+
+def test_hard_batches_score_higher_than_easy_batches():
+    scorer = _scorer(120)
+    pair = _pair_matrix(scorer)
+
+    def mean_batch_score(schedule: str) -> float:
+        sampler = CurriculumBatchSampler(scorer, 16, CurriculumSchedule(schedule), num_epochs=2, seed=0)
+        scores = []
+        for batch in sampler.epoch_batches(0):
+            p = scorer.trajectory.positions(batch).numpy()
+            scores.append(pair[np.ix_(p, p)].sum() / 2)
+        return float(np.mean(scores))
+
+    assert mean_batch_score("easy") < 0 < mean_batch_score("hard")
+
+
+# --- sampler behaviour ---------------------------------------------------------------------------------
+def _samplers(kind: str, n: int = 70, batch: int = 8, seed: int = 3, **kw):
+    if kind == "random":
+        return RandomBatchSampler(np.arange(100, 100 + n), batch, seed=seed, **kw)
+    return CurriculumBatchSampler(_scorer(n), batch, CurriculumSchedule("log"), num_epochs=4, seed=seed, **kw)
+
+
+@pytest.mark.parametrize("kind,kw", [("curriculum", {}), ("curriculum", {"pool_size": 12}), ("random", {})])
+def test_two_ranks_get_identical_batches_and_each_sample_once(kind, kw):
+    rank0, rank1 = _samplers(kind, **kw), _samplers(kind, **kw)
+    for epoch in (0, 2):
+        rank0.set_epoch(epoch)
+        rank1.set_epoch(epoch)
+        batches = list(rank0)
+        assert batches == list(rank1)
+        assert len(batches) == len(rank0) == 70 // 8
+        assert all(len(b) == 8 for b in batches)
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat)) == 64 and set(flat) <= set(range(100, 170))
+    assert _samplers(kind, seed=4, **kw).epoch_batches(0) != rank0.epoch_batches(0)
+    assert rank0.epoch_batches(0) != rank0.epoch_batches(1)
+
+
+@pytest.mark.parametrize("kind", ["curriculum", "random"])
+def test_without_drop_last_every_sample_appears_exactly_once(kind):
+    sampler = _samplers(kind, drop_last=False)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 9 and [len(b) for b in batches] == [8] * 8 + [6]
+    assert sorted(i for b in batches for i in b) == list(range(100, 170))
+
+
+@pytest.mark.parametrize("kind", ["curriculum", "random"])
+def test_resume_mid_epoch_gives_the_remaining_batches(kind):
+    sampler = _samplers(kind)
+    sampler.set_epoch(1)
+    full = sampler.epoch_batches(1)
+    iterator = iter(sampler)
+    seen = [next(iterator) for _ in range(3)]
+    state = sampler.state_dict()
+    assert state["epoch"] == 1 and state["position"] == 3
+
+    resumed = _samplers(kind)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)  # what a training loop does at the top of the epoch: must not restart it
+    assert seen + list(resumed) == full
+    assert list(resumed) == []  # the epoch is done
+    resumed.set_epoch(2)
+    assert list(resumed) == resumed.epoch_batches(2)
+
+    with pytest.raises(ValueError, match="seed"):
+        _samplers(kind, seed=99).load_state_dict(state)
+
+
+def test_rank_slice_rebuilds_the_global_batch_in_rank_order():
+    batch = list(range(12))
+    assert [rank_slice(batch, r, 3) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert RandomBatchSampler.rank_slice(batch, 1, 2) == list(range(6, 12))
+    with pytest.raises(ValueError, match="divisible"):
+        rank_slice(batch, 0, 5)
+    with pytest.raises(ValueError, match="outside"):
+        rank_slice(batch, 3, 3)
+
+
+def test_sampler_validation():
+    with pytest.raises(ValueError, match="pool_size"):
+        _samplers("curriculum", pool_size=4)
+    with pytest.raises(ValueError, match="cannot fill"):
+        RandomBatchSampler(np.arange(5), 8, seed=0)
+
+
+def test_generic_scores_drive_the_sampler_too():
+    scorer = _scorer(40, score="var")
+    sampler = CurriculumBatchSampler(scorer, 8, CurriculumSchedule("hard"), num_epochs=1, seed=0)
+    _check_greedy(_pair_matrix(scorer), scorer.trajectory.positions(sampler.epoch_batches(0)[0]).tolist(), set(range(40)), 1.0)
