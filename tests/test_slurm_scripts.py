@@ -1,0 +1,251 @@
+"""Static checks of the SLURM scripts (slurm/**/*.sh); no cluster needed (tests/test_slurm_cluster.py runs them).
+
+- every script is valid bash (`bash -n`);
+- the #SBATCH header parses as sbatch reads it: all directives before the first command (sbatch
+  ignores any later one), known options, well-formed values; the training scripts are preemption-safe
+  and log into slurm/logs/, a folder that exists in every checkout;
+- the commands the scripts build (DRY_RUN=1 prints them) are accepted by their parsers: torchrun's
+  for the launcher flags and the recipe entry points' `build_parser()` for the training flags, for
+  the knob combinations the scripts document.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((REPO / "slurm").rglob("*.sh"))
+SBATCH_SCRIPTS = sorted(p for p in (REPO / "slurm").glob("*.sh") if re.search(r"^#SBATCH", p.read_text(), re.M))
+TRAINING_SCRIPTS = ["pretrain.sh", "finetune.sh"]
+
+# sbatch long options the scripts may use, with a check of the value's syntax
+SBATCH_OPTIONS = {
+    "job-name": r"[\w.-]+",
+    "nodes": r"\d+(-\d+)?",
+    "ntasks": r"\d+",
+    "ntasks-per-node": r"\d+",
+    "cpus-per-task": r"\d+",
+    "gpus-per-node": r"([\w-]+:)?\d+",
+    "time": r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+",
+    "output": r"\S+",
+    "error": r"\S+",
+    "open-mode": r"append|truncate",
+    "requeue": None,
+    "signal": r"(B:|R:)?(USR1|USR2|TERM|INT)@\d+",
+    "partition": r"[\w,-]+",
+    "account": r"[\w-]+",
+}
+
+
+def test_scripts_exist():
+    names = {p.relative_to(REPO / "slurm").as_posix() for p in SCRIPTS}
+    assert {"pretrain.sh", "finetune.sh", "shard.sh", "export.sh", "pipeline.sh", "lib/launch.sh",
+            "local/start.sh", "local/stop.sh"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_bash_syntax(script):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def sbatch_directives(script: Path) -> dict[str, str | None]:
+    """The #SBATCH options as sbatch reads them: only those before the first command count."""
+    options: dict[str, str | None] = {}
+    for number, line in enumerate(script.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+        if not stripped.startswith("#SBATCH"):
+            continue
+        for token in shlex.split(stripped[len("#SBATCH"):], comments=False):
+            match = re.fullmatch(r"--([\w-]+)(?:=(.*))?", token)
+            assert match, f"{script.name}:{number}: '{token}' is not a long option (--name=value)"
+            name, value = match.groups()
+            assert name in SBATCH_OPTIONS, f"{script.name}:{number}: unknown or unexpected sbatch option --{name}"
+            pattern = SBATCH_OPTIONS[name]
+            if pattern is None:
+                assert value is None, f"{script.name}:{number}: --{name} takes no value"
+            else:
+                assert value is not None and re.fullmatch(pattern, value), f"{script.name}:{number}: bad --{name}={value}"
+            options[name] = value
+    return options
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=lambda p: p.name)
+def test_sbatch_header(script):
+    text = script.read_text()
+    first_command = next(i for i, line in enumerate(text.splitlines())
+                         if line.strip() and not line.strip().startswith("#"))
+    assert all(i < first_command for i, line in enumerate(text.splitlines()) if line.startswith("#SBATCH")), \
+        f"{script.name}: an #SBATCH line after the first command is silently ignored by sbatch"
+    options = sbatch_directives(script)
+    assert "job-name" in options and "time" in options
+    # sbatch opens the log before the script runs: its folder must exist in every checkout
+    log_dir = (REPO / options["output"]).parent
+    assert options["output"].startswith("slurm/logs/") and (log_dir / ".gitignore").is_file()
+    assert options.get("open-mode") == "append"          # a requeued job appends to the same log
+
+
+@pytest.mark.parametrize("name", [*TRAINING_SCRIPTS, "shard.sh"])
+def test_long_jobs_are_preemption_safe(name):
+    options = sbatch_directives(REPO / "slurm" / name)
+    assert "requeue" in options
+    signal = re.fullmatch(r"B:USR1@(\d+)", options["signal"])
+    assert signal and int(signal.group(1)) >= 60        # to the batch shell, time left to checkpoint
+
+
+# ------------------------------------------------------------------------- the commands they build
+
+def dry_run(script: str, env: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """Run `script` with DRY_RUN=1; return (srun launch command or [], [program argv, ...])."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    for knob in ("DATA", "OUT", "PRESET", "DS_CONFIG", "NEGATIVES", "CURRICULUM", "REFERENCE_RUN", "EPOCHS",
+                 "MAX_STEPS", "EXTRA_ARGS", "GPUS_PER_NODE", "CPU", "INIT", "NUM_BEAMS", "RUN", "PYTHON"):
+        clean.pop(knob, None)
+    result = subprocess.run(["bash", f"slurm/{script}"], env={**clean, **env, "DRY_RUN": "1"}, cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    launch, programs = [], []
+    for line in result.stdout.splitlines():
+        kind, _, rest = line.partition(":")
+        if kind == "LAUNCH":
+            launch = shlex.split(rest)
+        elif kind == "PROGRAM_ARGV":
+            programs.append(shlex.split(rest))
+    assert programs, result.stdout
+    return launch, programs
+
+
+def parse_with_entry_point(module: str, argv: list[str]) -> None:
+    """Parse `argv` with the entry point's own parser; argparse exits (SystemExit) on an unknown flag."""
+    if not (REPO / (module.replace(".", "/") + ".py")).exists():
+        pytest.skip(f"{module} does not exist yet: its own parser cannot be checked")
+    entry = importlib.import_module(module)
+    if hasattr(entry, "build_parser"):
+        entry.build_parser().parse_args(argv)
+    elif hasattr(entry, "parse_args"):
+        entry.parse_args(argv)
+    else:
+        pytest.skip(f"{module} has no build_parser() yet (its parser is built inside main()): "
+                    f"its own parser cannot be checked")
+
+
+def check_program_flags(program: list[str]) -> None:
+    assert program[0] == "-m", program
+    module, argv = program[1], program[2:]
+    from recipe import config
+    config_class = {"recipe.pretrain": config.PretrainConfig, "recipe.finetune": config.FinetuneConfig}[module]
+    config.parse_config(config_class, argv)                 # the dataclasses' flags, and a consistent combination
+    parse_with_entry_point(module, argv)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    for name in ("data", "reference", "pretrain-run", "finetune-run"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+PRETRAIN_CASES = {
+    "defaults": {},
+    "reference-run": {"NEGATIVES": "random", "RECORD_TRAJECTORY_EVERY": "5", "EPOCHS": "40"},
+    "pair-selection": {"REFERENCE_RUN": "{reference}", "CURRICULUM": "sqrt", "MAX_STEPS": "100",
+                       "EXTRA_ARGS": "--ps-score slope --micro-batch-size 16 --similarity token"},
+    "cpu": {"CPU": "1", "PRESET": "tiny", "MAX_STEPS": "8", "EXTRA_ARGS": "--num-workers 0 --save-every 4"},
+}
+
+
+@pytest.mark.parametrize("case", PRETRAIN_CASES)
+def test_pretrain_flags_are_accepted(case, dirs):
+    env = {k: v.format(reference=dirs / "reference") for k, v in PRETRAIN_CASES[case].items()}
+    _, programs = dry_run("pretrain.sh", {"DATA": str(dirs / "data"), **env})
+    check_program_flags(programs[0])
+
+
+FINETUNE_CASES = {
+    "from-scratch": {},
+    "from-pretraining": {"INIT": "{pretrain}", "NUM_BEAMS": "8", "EPOCHS": "30",
+                         "EXTRA_ARGS": "--label-smoothing 0.2 --lr 5e-5"},
+}
+
+
+@pytest.mark.parametrize("case", FINETUNE_CASES)
+def test_finetune_flags_are_accepted(case, dirs):
+    env = {k: v.format(pretrain=dirs / "pretrain-run") for k, v in FINETUNE_CASES[case].items()}
+    _, programs = dry_run("finetune.sh", {"DATA": str(dirs / "data"), **env})
+    check_program_flags(programs[0])
+
+
+def test_pretrain_flags_match_the_config_dataclasses(dirs):
+    """Until recipe/pretrain.py exists, its flags come from recipe.config (the dataclasses it is built on)."""
+    from recipe import config
+    for case, knobs in PRETRAIN_CASES.items():
+        env = {k: v.format(reference=dirs / "reference") for k, v in knobs.items()}
+        _, programs = dry_run("pretrain.sh", {"DATA": str(dirs / "data"), **env})
+        config.parse_config(config.PretrainConfig, programs[0][2:])
+    _, programs = dry_run("finetune.sh", {"DATA": str(dirs / "data"), "INIT": str(dirs / "pretrain-run")})
+    config.parse_config(config.FinetuneConfig, programs[0][2:])
+
+
+def test_shard_flags_are_accepted(dirs):
+    from sharded_data import write
+    _, programs = dry_run("shard.sh", {"PHOENIX": "/data/phoenix", "OUT": str(dirs / "shards"),
+                                       "EXTRA_ARGS": "--resize 224 224 --skip-bad"})
+    assert programs[0][:2] == ["-m", "sharded_data.write"]
+    args = write.parse_args(programs[0][2:])
+    assert (args.phoenix, args.resize, args.skip_bad) == ("/data/phoenix", [224, 224], True)
+
+
+def test_export_flags_are_accepted(dirs):
+    _, programs = dry_run("export.sh", {"RUN": str(dirs / "finetune-run"), "CHECK_VIDEOS": "a.mp4 b.mp4"})
+    assert programs[0][:2] == ["-m", "recipe.convert_to_hf"] and programs[1][:2] == ["-m", "recipe.translate"]
+    for program in programs:
+        parse_with_entry_point(program[1], program[2:])
+
+
+def test_launch_command_is_valid_torchrun(dirs):
+    """The per-node torchrun flags parse, and the port follows recipe/dist.py's rule for SLURM jobs."""
+    from torch.distributed.run import get_args_parser
+    from recipe import dist
+
+    env = {"DATA": str(dirs / "data"), "GPUS_PER_NODE": "4", "SLURM_JOB_NUM_NODES": "3", "SLURM_JOB_ID": "123456"}
+    launch, programs = dry_run("pretrain.sh", env)
+    assert launch[:1] == ["srun"] and "--ntasks-per-node=1" in launch and "--nodes=3" in launch
+    python_at = launch.index("node-launcher") + 1
+    torchrun_argv = ["--node_rank=2", *launch[python_at + 1:]]
+    args = get_args_parser().parse_args(torchrun_argv)
+    assert (args.nnodes, args.nproc_per_node, args.node_rank) == ("3", "4", 2)
+    assert int(args.master_port) == dist.SLURM_PORT_BASE + 123456 % dist.SLURM_PORT_SPAN
+    assert args.module and args.training_script == "recipe.pretrain"
+    assert args.training_script_args == programs[0][2:]
+    assert "zero2_bf16" in " ".join(programs[0])        # GPUs: the bf16 config by default
+
+    launch, programs = dry_run("pretrain.sh", {**env, "CPU": "1"})
+    args = get_args_parser().parse_args(["--node_rank=0", *launch[launch.index("node-launcher") + 2:]])
+    assert args.nproc_per_node == "1"                   # CPU: one process per node
+    assert "ds_configs/zero2.json" in programs[0]
+
+
+def test_pipeline_chains_the_stages(dirs):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
+    result = subprocess.run(["bash", "slurm/pipeline.sh"], cwd=REPO, capture_output=True, text=True, timeout=30,
+                            env={**clean, "DRY_RUN": "1", "DATA": str(dirs / "data"), "RUNS": str(dirs / "runs")})
+    assert result.returncode == 0, result.stderr
+    submits = [shlex.split(line.partition(":")[2]) for line in result.stderr.splitlines() if line.startswith("SUBMIT:")]
+    scripts = [s[-1] for s in submits]
+    assert scripts == ["slurm/pretrain.sh", "slurm/pretrain.sh", "slurm/finetune.sh", "slurm/export.sh"]
+    # each stage waits for the previous one to succeed
+    outs = [dict(a.split("=", 1) for a in s[:s.index("sbatch")]) for s in submits]
+    for previous, (submit, out) in zip(outs, list(zip(submits, outs))[1:]):
+        dependency = next(a for a in submit if a.startswith("--dependency="))
+        assert dependency == f"--dependency=afterok:<{previous.get('OUT', previous.get('RUN'))}>"
+    assert outs[0]["NEGATIVES"] == "random" and outs[0]["RECORD_TRAJECTORY_EVERY"] == "5"
+    assert outs[1]["NEGATIVES"] == "ps" and outs[1]["REFERENCE_RUN"] == outs[0]["OUT"]
+    assert outs[2]["INIT"] == outs[1]["OUT"] and outs[3]["RUN"] == outs[2]["OUT"]
