@@ -1,0 +1,96 @@
+"""Translate sign videos with an exported model (a directory from `recipe.convert_to_hf`).
+
+    python -m recipe.translate --model HF_DIR clip.mp4 frames_dir/ ...          # one line per input
+    python -m recipe.translate --model HF_DIR --manifest inputs.txt --out out.tsv  # many: one path per line
+
+An input is a video file (anything PyAV decodes: mp4, avi, mkv, ...) or a folder of frame images
+(PHOENIX-2014T style). Frames go through the same deterministic evaluation transform as in training.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recipe.modeling import SignTranslationModel
+from recipe.tokenizer import load_tokenizer
+from sharded_data.format import read_video_file
+from sharded_data.sources import FrameDirectorySource, frame_pattern
+from sharded_data.transforms import VideoSample, VideoTransform, collate_videos
+
+
+def load_video(path: str | Path) -> np.ndarray:
+    """uint8 T x H x W x 3 from a video file or a frame directory; errors name the path."""
+    path = Path(path)
+    if path.is_dir():
+        pattern = frame_pattern(path)
+        if pattern is None:
+            raise FileNotFoundError(f"{path}: a folder without frame images (png/jpg)")
+        return FrameDirectorySource(name=str(path), text="", path=str(path), pattern=pattern).load_frames()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such video file or frame folder")
+    return read_video_file(path)
+
+
+class Translator:
+    def __init__(self, model_dir: str | Path, num_beams: int = 5, max_new_tokens: int = 60, max_frames: int = 256,
+                 device: str | None = None) -> None:
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SignTranslationModel.from_pretrained(model_dir).to(self.device).eval()
+        self.tokenizer = load_tokenizer(model_dir)
+        self.transform = VideoTransform(self.model.config.frame_size, max_frames, train=False)
+        self.num_beams, self.max_new_tokens = num_beams, max_new_tokens
+
+    @torch.no_grad()
+    def __call__(self, videos: list[np.ndarray]) -> list[str]:
+        samples = [VideoSample(self.transform(torch.from_numpy(v)), "", i, i, str(i)) for i, v in enumerate(videos)]
+        batch = collate_videos(samples)
+        generated = self.model.generate(frames=batch["frames"].to(self.device),
+                                        frame_mask=batch["frame_mask"].to(self.device),
+                                        num_beams=self.num_beams, max_new_tokens=self.max_new_tokens)
+        return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="*", help="video files or frame folders")
+    parser.add_argument("--model", required=True, help="Hugging Face directory from recipe.convert_to_hf")
+    parser.add_argument("--manifest", help="text file with one input path per line (relative to the file)")
+    parser.add_argument("--out", help="write 'input<TAB>translation' lines here instead of stdout")
+    parser.add_argument("--num-beams", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=60)
+    parser.add_argument("--max-frames", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    inputs = list(args.inputs)
+    if args.manifest:
+        base = Path(args.manifest).parent
+        for number, line in enumerate(Path(args.manifest).read_text().splitlines(), start=1):
+            if line.strip():
+                inputs.append(str(base / line.strip()))
+    if not inputs:
+        parser.error("give video files / frame folders, or --manifest FILE")
+    translator = Translator(args.model, args.num_beams, args.max_new_tokens, args.max_frames)
+    results = []
+    for start in range(0, len(inputs), args.batch_size):
+        chunk = inputs[start : start + args.batch_size]
+        results += list(zip(chunk, translator([load_video(path) for path in chunk])))
+    lines = [f"{path}\t{text}" for path, text in results]
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        print("\n".join(lines))
+    sys.stdout.flush()
+    return results
+
+
+if __name__ == "__main__":
+    main()
