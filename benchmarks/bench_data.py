@@ -1,0 +1,208 @@
+"""Read and write throughput of the shards against the per-frame PNG loader, over the same frames.
+
+The same videos are stored three ways: per-frame PNG folders (the PHOENIX-2014T release layout, read
+image by image with PIL as the field's reference code does: sharded_data/png_loader.py), and shards
+with `frames.npy` or H.264 `mp4` members (sharded_data/write.py). Each is read by its loader with the
+same transform (no augmentation, no resize) and the same number of DataLoader workers, on the same
+cores, twice: with output="uint8" (the loader's own work; a GPU run normalizes on the device) and with
+output="normalized" (float32 ImageNet-normalized batches, the contract's default). Loaders are timed
+in turn, round after round, so that machine load hits them alike; the table gives the median
+steady-state frames per second and the ratio to the PNG loader at the same frame size and output.
+Write throughput is write_corpus from the PNG folders (so it includes reading the PNGs).
+
+Content: real sign videos (shared/data/media: an AUTSL clip and a webcam signer) looped, cropped at
+different places and resized, so that codec and PNG costs are those of camera footage, not of flat
+synthetic colours. Without shared/data, the synthetic signer renderer is used instead.
+
+Run (CPU; about 95 s of CPU time, 1.5 min on an idle 2-core machine):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py
+Options: --sizes 64 224 --videos 24 --frames 48 --workers 2 --rounds 3 --batch-size 4 --work-dir DIR.
+Prints a markdown table (paste into benchmarks/results/data.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from sharded_data.format import read_video_file  # noqa: E402
+from sharded_data.png_loader import PngFrameDataset, PngVideo, make_png_loader  # noqa: E402
+from sharded_data.reader import ReaderConfig, make_eval_loader, make_train_loader  # noqa: E402
+from sharded_data.sources import FrameDirectorySource  # noqa: E402
+from sharded_data.transforms import VideoTransform  # noqa: E402
+from sharded_data.write import write_corpus  # noqa: E402
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "media"
+CLIPS = ("autsl_signer0_sample1000_color.mp4", "poseformat_test_video.mp4")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 224], help="frame sides to test")
+    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=48, help="frames per video")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader (and the writer)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per loader (median reported)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--work-dir", default=None, help="where PNGs and shards go (default: a temporary folder)")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------- content
+
+
+def base_clips() -> tuple[list[np.ndarray], str]:
+    """Frames of real sign videos if shared/data is here, else synthetic signers."""
+    if all((MEDIA / clip).is_file() for clip in CLIPS):
+        return [read_video_file(MEDIA / clip) for clip in CLIPS], f"real sign videos ({', '.join(CLIPS)})"
+    from sharded_data.signs import make_signer, render_sentence
+
+    words = "the weather is fine today".split()
+    clips = [render_sentence(words, make_signer(i, seed=0), (256, 256), frames_per_word=10, transition_frames=4, seed=i)
+             for i in range(2)]
+    return clips, "synthetic signers (shared/data/media not found)"
+
+
+def make_video(clips: list[np.ndarray], number: int, n_frames: int, side: int) -> np.ndarray:
+    """Video `number`: a clip looped to n_frames, a square crop at a place depending on `number`, resized."""
+    clip = clips[number % len(clips)]
+    frames = clip[(np.arange(n_frames) + 5 * number) % len(clip)]
+    height, width = frames.shape[1:3]
+    crop = int(min(height, width) * 0.8)
+    rng = np.random.default_rng(number)
+    top, left = rng.integers(0, height - crop + 1), rng.integers(0, width - crop + 1)
+    frames = frames[:, top : top + crop, left : left + crop]
+    return np.stack([np.asarray(Image.fromarray(frame).resize((side, side), Image.Resampling.BILINEAR)) for frame in frames])
+
+
+def write_png_folders(root: Path, videos: list[np.ndarray]) -> list[str]:
+    """PHOENIX layout: ROOT/train/NAME/images0001.png ... (PIL defaults, as in the release)."""
+    folders = []
+    for number, frames in enumerate(videos):
+        folder = root / "train" / f"video{number:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(folder / f"images{index + 1:04d}.png")
+        folders.append(str(folder))
+    return folders
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+
+def reader_config(side: int, n_frames: int, workers: int, output: str) -> ReaderConfig:
+    """Identity augmentation and no resize: every loader does the same work after decoding."""
+    return ReaderConfig(frame_size=side, max_frames=n_frames, speed_range=(1.0, 1.0), frame_drop=0.0,
+                        crop_scale=(1.0, 1.0), output=output, num_workers=workers, shuffle_buffer=64,
+                        shuffle_initial=8)
+
+
+def timed_epoch(make_loader) -> tuple[float, int, float]:
+    """One full epoch: (steady-state seconds, frames after the first batch, seconds to the first batch).
+
+    Steady state starts when the first batch arrives, so DataLoader start-up (forking workers, filling
+    the shuffle buffer), which a long epoch amortizes, does not dominate these short epochs.
+    """
+    start = time.perf_counter()
+    first_batch_at, frames = None, 0
+    for batch in make_loader():
+        if first_batch_at is None:
+            first_batch_at = time.perf_counter()
+        else:
+            frames += int(batch["frame_mask"].sum())
+    return time.perf_counter() - first_batch_at, frames, first_batch_at - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_data_"))
+    clips, content = base_clips()
+    total_frames = args.videos * args.frames
+    print(f"# data benchmark: {args.videos} videos x {args.frames} frames, {args.workers} workers, "
+          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"content: {content}; load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+
+    write_rows, read_rows = [], []
+    for side in args.sizes:
+        root = work / f"side{side}"
+        shutil.rmtree(root, ignore_errors=True)
+        videos = [make_video(clips, number, args.frames, side) for number in range(args.videos)]
+        folders = write_png_folders(root / "png", videos)
+        sources = [FrameDirectorySource(f"video{n:04d}", f"sentence {n % 8}", signer=f"s{n % 3}", path=folder)
+                   for n, folder in enumerate(folders)]
+        shard_dirs = {}
+        for video_format in ("npy", "mp4"):
+            shard_dirs[video_format] = root / video_format
+            summary = write_corpus(shard_dirs[video_format], {"train": sources}, video_format=video_format,
+                                   samples_per_shard=4, num_workers=args.workers, progress=False)
+            write_rows.append((side, video_format, total_frames / summary["seconds"], disk_bytes(shard_dirs[video_format])))
+
+        sizes_on_disk = {"PNG": disk_bytes(root / "png"), "npy": disk_bytes(shard_dirs["npy"]),
+                         "mp4": disk_bytes(shard_dirs["mp4"])}
+        png_videos = [PngVideo(folder, f"sentence {n % 8}", n % 8) for n, folder in enumerate(folders)]
+        loaders = {}
+        for output in ("uint8", "normalized"):
+            cfg = reader_config(side, args.frames, args.workers, output)
+            png_dataset = PngFrameDataset(png_videos, VideoTransform.from_config(cfg, train=False),
+                                          data_dir=str(root / "png"))
+            loaders[output, "PNG folders (PIL per frame)"] = partial(make_png_loader, png_dataset, args.batch_size, cfg, True)
+            for video_format in ("npy", "mp4"):
+                loaders[output, f"shards {video_format}, stream"] = partial(
+                    make_train_loader, shard_dirs[video_format], "train", args.batch_size, 0, 1, 0, cfg)
+                if output == "uint8":  # the indexed reader does the same work after decoding as the stream
+                    loaders[output, f"shards {video_format}, indexed"] = partial(
+                        make_eval_loader, shard_dirs[video_format], "train", args.batch_size, 0, 1, cfg)
+        timed_epoch(loaders["uint8", "shards npy, stream"])  # page cache and lazy imports warm for all alike
+        rates: dict[tuple, list[float]] = {name: [] for name in loaders}
+        startup: dict[tuple, list[float]] = {name: [] for name in loaders}
+        expected = total_frames - args.batch_size * args.frames
+        for _ in range(args.rounds):
+            for name, make_loader in loaders.items():
+                seconds, frames, first = timed_epoch(make_loader)
+                if frames != expected:
+                    raise RuntimeError(f"{name}: read {frames} frames after the first batch, expected {expected}")
+                rates[name].append(frames / seconds)
+                startup[name].append(first)
+        for (output, name), values in rates.items():
+            png_rate = statistics.median(rates[output, "PNG folders (PIL per frame)"])
+            storage = next(kind for kind in sizes_on_disk if kind in name)
+            read_rows.append((side, output, name, statistics.median(values), min(values), max(values),
+                              statistics.median(values) / png_rate, statistics.median(startup[output, name]),
+                              sizes_on_disk[storage]))
+
+    print("## Read throughput (steady-state frames/s: median of rounds, min-max; ratio to the PNG loader at the "
+          "same size; seconds to the first batch)\n")
+    print("| frame side | output | loader | frames/s | min-max | x PNG | first batch | on disk |")
+    print("|---|---|---|---|---|---|---|---|")
+    for side, output, name, median, low, high, ratio, first, size in read_rows:
+        print(f"| {side} | {output} | {name} | {median:,.0f} | {low:,.0f}-{high:,.0f} | {ratio:.1f}x | {first:.2f} s "
+              f"| {size / 2**20:.1f} MiB |")
+    print("\n## Write throughput (write_corpus from the PNG folders; frames/s incl. reading the PNGs)\n")
+    print("| frame side | format | frames/s | on disk |")
+    print("|---|---|---|---|")
+    for side, video_format, rate, size in write_rows:
+        print(f"| {side} | {video_format} | {rate:,.0f} | {size / 2**20:.1f} MiB |")
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
