@@ -136,8 +136,9 @@ def decode_mp4_bytes(data: bytes) -> np.ndarray:
     decoded = []
     with av.open(io.BytesIO(data), mode="r") as container:
         size = container.metadata.get("comment", "")
+        # One decoding thread: this runs inside DataLoader workers that already occupy the cores
+        # (codec threads measured 1.45x slower at 64x64, no faster at 224x224).
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             decoded.append(frame.to_ndarray(format="rgb24"))
     if not decoded:
