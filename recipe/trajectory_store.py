@@ -40,7 +40,8 @@ def reference_checkpoint_path(run_dir: str | os.PathLike, epoch: int) -> Path:
 
 def _as_tensor(value, dtype: torch.dtype) -> torch.Tensor:
     tensor = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    return tensor.to(dtype).contiguous()
+    # clone: safetensors refuses two entries that share memory (e.g. one tensor passed as two id columns)
+    return tensor.to(dtype).contiguous().clone()
 
 
 def _l2_normalise(x: torch.Tensor) -> torch.Tensor:
