@@ -5,6 +5,7 @@ every rank): rank 0 writes, the others wait at a barrier and then read.
 """
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,16 @@ def prepare_tokenizer(config: TrainConfig, run: RunDir, train_texts: list[str], 
     starts from), `--tokenizer DIR`, or trained here with SentencePiece on the training sentences.
     """
     target = run.tokenizer
-    if not (target / TOKENIZER_FILE).exists():
-        if _rank() == 0:
-            origin = source or config.tokenizer
-            if origin:
-                shutil.copytree(origin, target, dirs_exist_ok=True)
-            else:
-                train_tokenizer(train_texts, target, vocab_size=config.vocab_size,
-                                character_level=config.character_level)
-        barrier()
+    # Only rank 0 looks: a rank that starts late would otherwise see rank 0's fresh tokenizer, skip the
+    # barrier, and pair every later collective with the wrong one (a hang).
+    if _rank() == 0 and not (target / TOKENIZER_FILE).exists():
+        origin = source or config.tokenizer
+        if origin:
+            shutil.copytree(origin, target, dirs_exist_ok=True)
+        else:
+            train_tokenizer(train_texts, target, vocab_size=config.vocab_size,
+                            character_level=config.character_level)
+    barrier()
     return load_tokenizer(target)
 
 
@@ -138,5 +140,10 @@ def last_checkpoint_state_dict(run_dir: str | Path, tag: str = "") -> tuple[dict
     if read_marker(checkpoints.directory / tag) is None:
         raise FileNotFoundError(f"{checkpoints.directory / tag} is not a complete checkpoint (no completion marker: "
                                 f"the save was interrupted); complete ones: {checkpoints.complete_tags()}")
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints.directory), tag=tag)
+    try:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints.directory), tag=tag)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # DeepSpeed's own names no tag
+        raise RuntimeError(f"{checkpoints.directory / tag}: cannot read this checkpoint, a file is missing or "
+                           f"damaged ({type(error).__name__}: {error}); pick another tag with --tag / --init-tag "
+                           f"(complete ones: {checkpoints.complete_tags()}) or retrain") from error
     return state, tag

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 
@@ -63,6 +63,25 @@ class TrainResult:
     checkpoint_tag: str
 
 
+def without_global_rng_draws(batches: Iterable[dict]) -> Iterator[dict]:
+    """The batches, fetched so that the loader cannot consume the global torch RNG (dropout's stream).
+
+    torch's DataLoader draws its base seed from the global RNG when its iterator starts. A run resumed
+    mid-epoch starts that iterator right after restoring the RNG state, where the uninterrupted run did
+    not draw, so every later dropout mask (and loss) would differ. (Augmentation is seeded per sample.)
+    """
+    iterator = iter(batches)
+    try:
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                batch = next(iterator, None)
+            if batch is None:
+                return
+            yield batch
+    finally:  # the loop broke off early (end of the step budget): stop the loader's workers now
+        getattr(iterator, "close", lambda: None)()
+
+
 def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, task: TrainingTask) -> TrainResult:
     """Train until the step budget is spent; resumable, preemptible. Call on every rank."""
     checkpoints = CheckpointManager(run.checkpoints, keep_last=config.keep_last)
@@ -90,7 +109,7 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
     final_metrics: dict[str, Any] = {}
     try:
         while state.step < total_steps:
-            for batch in task.epoch_batches(state.epoch, skip=state.batches_done_in_epoch):
+            for batch in without_global_rng_draws(task.epoch_batches(state.epoch, skip=state.batches_done_in_epoch)):
                 timer.batch_ready()
                 loss, metrics = task.compute_loss(engine, batch, progress=state.step / total_steps)
                 engine.backward(loss)

@@ -1,0 +1,197 @@
+"""End-to-end tests of stage-2 finetuning (`recipe.finetune`) and of its evaluation (`recipe.evaluate`).
+
+A real finetuning run starts from the session's tiny pretraining run (in this process, `main(argv)`):
+its loss falls and it writes the reports. A pretraining run whose weights do not fit its model_config is
+refused by key name before training. The distributed evaluation gathers every sample exactly once: the
+scores on two ranks equal sacreBLEU on the whole set computed on one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+
+from tests.conftest import copy_run, launch, losses, read_metrics, run_main, train_args
+from tests.distributed import run_on_ranks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STEPS = 16  # 1 rank x 4 samples: 8 steps per epoch, 2 epochs
+EVAL_ARGS = ["--num-beams", "2", "--max-new-tokens", "12"]
+
+
+@pytest.fixture(scope="module")
+def finetuned_run(reference_run, shards, tmp_path_factory):
+    from recipe import finetune
+
+    out = tmp_path_factory.mktemp("finetune") / "ft"
+    argv = train_args(shards, out, "--init", str(reference_run), "--max-steps", str(STEPS), "--save-every", "8",
+                      "--eval-every", "8", *EVAL_ARGS)
+    metrics = run_main(finetune.main, argv)
+    return out, metrics
+
+
+def test_finetuning_from_a_pretraining_run_learns(finetuned_run, reference_run):
+    run, _ = finetuned_run
+    curve = losses(run)
+    assert len(curve) == STEPS
+    assert sum(curve[-4:]) / 4 < sum(curve[:4]) / 4 - 0.1, f"loss did not fall: {curve}"
+    config = json.loads((run / "config.json").read_text())
+    assert config["init"] == str(reference_run)
+    # The finetuning run keeps the pretraining run's tokenizer and network.
+    tokenizer_file = Path("tokenizer") / "tokenizer.json"
+    assert (run / tokenizer_file).read_text() == (reference_run / tokenizer_file).read_text()
+    pretrained = json.loads((reference_run / "model_config" / "config.json").read_text())
+    finetuned = json.loads((run / "model_config" / "config.json").read_text())
+    for key in ("d_model", "decoder_layers", "frame_size", "vocab_size"):
+        assert finetuned[key] == pretrained[key], key
+
+
+def test_finetuning_writes_reports_and_best_checkpoint(finetuned_run, shards):
+    from sharded_data.format import load_index
+
+    run, final_metrics = finetuned_run
+    reports = run / "reports"
+    for name in ("dev-step000008", "dev", "test"):
+        for suffix in (".json", ".md", ".hyp.tsv"):
+            assert (reports / f"{name}{suffix}").is_file(), f"{name}{suffix}"
+    test_index = load_index(str(shards), "test")
+    rows = _read_hypotheses(reports / "test.hyp.tsv")
+    assert [int(r["sample_id"]) for r in rows] == list(range(test_index.num_samples))
+    assert [r["reference"] for r in rows] == list(test_index.text)
+    report = json.loads((reports / "test.json").read_text())
+    expected = sacrebleu.corpus_bleu([r["hypothesis"] for r in rows], [[r["reference"] for r in rows]],
+                                     tokenize="13a")
+    assert report["bleu4"] == pytest.approx(expected.score)
+    assert report["num_beams"] == 2 and report["step"] == STEPS
+    assert final_metrics["test_bleu4"] == pytest.approx(report["bleu4"])
+    assert "BLEU-4" in (reports / "test.md").read_text()
+    best = json.loads((run / "best.json").read_text())
+    assert best["step"] in (8, STEPS)
+    assert (run / "checkpoints" / f"step-{best['step']:06d}" / "complete.json").is_file()
+    dev_scores = {8: json.loads((reports / "dev-step000008.json").read_text())["bleu4"],
+                  STEPS: json.loads((reports / "dev.json").read_text())["bleu4"]}
+    assert best["dev_bleu4"] == max(dev_scores.values())
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
+    assert evals, "no evaluation record in metrics.jsonl"
+    assert sorted(read_metrics(run)) == list(range(1, STEPS + 1))
+
+
+def _read_hypotheses(path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_finetuning_evaluates_every_sample_once(reference_run, shards, tmp_path):
+    """ZeRO-3 on two ranks: generation must step in lockstep (synced_gpus) and the gathered report hold the
+    whole split once, scored by sacreBLEU on the whole split."""
+    from sharded_data.format import load_index
+
+    run = tmp_path / "ft-zero3"
+    launch("finetune.py", train_args(shards, run, "--init", str(reference_run), "--max-steps", "4", "--save-every", "4",
+                                     *EVAL_ARGS, ds_config="zero3.json"), launcher="torchrun")
+    for split in ("dev", "test"):
+        rows = _read_hypotheses(run / "reports" / f"{split}.hyp.tsv")
+        index = load_index(str(shards), split)
+        assert [int(r["sample_id"]) for r in rows] == list(range(index.num_samples))
+        assert [r["reference"] for r in rows] == list(index.text)
+        report = json.loads((run / "reports" / f"{split}.json").read_text())
+        expected = sacrebleu.corpus_bleu([r["hypothesis"] for r in rows], [list(index.text)], tokenize="13a")
+        assert report["bleu4"] == pytest.approx(expected.score) and report["num_sentences"] == index.num_samples
+    assert json.loads((run / "checkpoints" / "step-000004" / "complete.json").read_text())["zero_stage"] == 3
+
+
+@pytest.mark.parametrize("layers, kind", [(3, "missing"), (1, "unexpected")])
+def test_init_run_whose_weights_do_not_fit_is_refused_by_key(layers, kind, reference_run, shards, tmp_path,
+                                                            monkeypatch):
+    import deepspeed
+
+    from recipe import finetune
+
+    monkeypatch.setattr(deepspeed, "initialize", lambda *a, **k: pytest.fail("training started"))
+    init = copy_run(reference_run, tmp_path / "pretrained")
+    config_file = init / "model_config" / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"decoder_layers": layers}))
+    out = tmp_path / "ft"
+    with pytest.raises(KeyError) as error:
+        run_main(finetune.main, train_args(shards, out, "--init", str(init), "--max-steps", "2", *EVAL_ARGS))
+    message = str(error.value)
+    assert f"{kind} ['" in message and "decoder.layers." in message, message  # a non-empty list of key names
+    assert str(init) in message
+    assert not (out / "metrics.jsonl").exists()
+
+
+# --- distributed evaluation: every sample once, whatever the rank split -------------------------------------
+
+def _fingerprint(frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[int, int]:
+    """A key for one clip that does not depend on how it was batched (time padding is masked out)."""
+    return int(frame_mask.sum()), int(round(frames[0].double().sum().item() * 100))
+
+
+class OracleModel(torch.nn.Module):
+    """A stand-in translator that knows the references: exact for even sample ids, cut short for odd ones.
+
+    Its output depends only on the clip (looked up by fingerprint), never on the batch or the rank, so
+    any sample lost, duplicated or mismatched in the gathering changes the scores.
+    """
+
+    def __init__(self, answers: dict[tuple[int, int], list[int]], pad_id: int) -> None:
+        super().__init__()
+        self.answers, self.pad_id = answers, pad_id
+
+    def generate(self, frames, frame_mask, num_beams, max_new_tokens, synced_gpus):
+        outputs = [self.answers[_fingerprint(f, m)] for f, m in zip(frames, frame_mask)]
+        width = max(len(ids) for ids in outputs)
+        return torch.tensor([ids + [self.pad_id] * (width - len(ids)) for ids in outputs])
+
+
+def _oracle(shards: str, tokenizer_dir: str, reader) -> OracleModel:
+    from recipe.tokenizer import load_tokenizer
+    from sharded_data.reader import make_eval_loader
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    answers = {}
+    for batch in make_eval_loader(shards, "test", 1, 0, 1, reader):
+        ids = tokenizer(batch["texts"][0], add_special_tokens=False)["input_ids"]
+        key = _fingerprint(batch["frames"][0], batch["frame_mask"][0])
+        assert key not in answers, "two test clips share a fingerprint"
+        answers[key] = ids if int(batch["sample_ids"][0]) % 2 == 0 else ids[: max(1, len(ids) // 2)]
+    return OracleModel(answers, tokenizer.pad_token_id)
+
+
+def _translate_on_rank(rank: int, world_size: int, shards: str, tokenizer_dir: str, reader):
+    from recipe.evaluate import score_rows, translate_split
+    from recipe.tokenizer import load_tokenizer
+
+    model = _oracle(shards, tokenizer_dir, reader)
+    rows = translate_split(model, load_tokenizer(tokenizer_dir), shards, "test", 3, reader, rank, world_size,
+                           num_beams=2, max_new_tokens=12)
+    return rows, score_rows(rows).as_dict()
+
+
+def test_distributed_scores_equal_sacrebleu_on_the_whole_set(reference_run, shards):
+    from sharded_data.format import load_index
+    from sharded_data.reader import ReaderConfig
+
+    reader = ReaderConfig(frame_size=16, max_frames=16, num_workers=0)
+    tokenizer_dir = str(reference_run / "tokenizer")
+    single_rows, single_scores = _translate_on_rank(0, 1, str(shards), tokenizer_dir, reader)
+    per_rank = run_on_ranks(_translate_on_rank, world_size=2, args=(str(shards), tokenizer_dir, reader))
+
+    index = load_index(str(shards), "test")
+    assert index.num_samples % (2 * 3) != 0  # uneven split: padding entries must be dropped
+    assert [row.sample_id for row in single_rows] == list(range(index.num_samples))
+    assert [row.reference for row in single_rows] == list(index.text)
+    for rows, scores in per_rank:  # every rank ends with the whole set
+        assert rows == single_rows
+        assert scores == single_scores
+    hypotheses = [row.hypothesis for row in single_rows]
+    assert hypotheses[0] == index.text[0] and hypotheses[1] != index.text[1]
+    expected = sacrebleu.corpus_bleu(hypotheses, [list(index.text)], tokenize="13a").score
+    assert single_scores["bleu4"] == pytest.approx(expected)
+    assert 20.0 < expected < 100.0
