@@ -51,7 +51,7 @@ import re
 import shutil
 import time
 from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,24 @@ def convert_to_universal(checkpoint_dir: str | Path, tag: str, num_workers: int 
     return universal_tag
 
 
+def _restore_buffers(module: torch.nn.Module, tag_dir: Path) -> None:
+    """Copy buffers (BatchNorm running statistics, ...) from a native tag into `module`.
+
+    A universal load restores parameters and optimizer state only: DeepSpeed skips the module state
+    there, so without this the buffers would come back as initialised. Buffers are replicated on every
+    rank (never partitioned), so rank 0's model-states file holds them all.
+    """
+    states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
+    if not states:
+        raise FileNotFoundError(f"{tag_dir}: no mp_rank_00_model_states.pt to take the buffers from")
+    saved = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    for name, buffer in module.named_buffers():
+        if name not in saved:
+            raise KeyError(f"{states[0]} has no buffer {name!r}: it was saved from another model")
+        with torch.no_grad():
+            buffer.copy_(saved[name].to(buffer.device, buffer.dtype))
+
+
 @dataclass
 class CheckpointManager:
     """Saves and resumes tagged DeepSpeed checkpoints under one directory (see module docstring).
@@ -145,6 +163,8 @@ class CheckpointManager:
     directory: Path
     keep_last: int = 3
     """How many complete checkpoints to keep (older ones are deleted); 0 keeps all."""
+    pinned: set[str] = field(default_factory=set)
+    """Tags never pruned (e.g. the dev-best checkpoint of a finetuning run)."""
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -229,7 +249,7 @@ class CheckpointManager:
         """Delete complete tags beyond keep_last, their universal copies, and interrupted saves
         older than the newest complete tag."""
         complete = self.complete_tags()
-        doomed = complete[:-self.keep_last] if self.keep_last else []
+        doomed = [tag for tag in (complete[:-self.keep_last] if self.keep_last else []) if tag not in self.pinned]
         newest_step = tag_step(complete[-1]) if complete else -1
         doomed += [tag for tag in self.partial_tags() if tag_step(tag) < newest_step]
         for tag in doomed:
@@ -280,6 +300,8 @@ class CheckpointManager:
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {self.directory / load_tag}")
 
+        if not same_world:
+            _restore_buffers(engine.module, self.directory / tag)
         rng_file = _rng_file(self.directory / tag, _rank())
         if same_world:
             restore_rng_state(torch.load(rng_file, weights_only=False))

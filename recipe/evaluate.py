@@ -97,13 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-beams", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-frames", type=int, default=256)
+    parser.add_argument("--max-frames", type=int, default=0,
+                        help="frames kept per video; default: the most the model's visual positions allow")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--bleu-tokenize", default="13a")
     args = parser.parse_args(argv)
     model = SignTranslationModel.from_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
-    reader = ReaderConfig(frame_size=model.config.frame_size, max_frames=args.max_frames, num_workers=args.num_workers)
+    reader = ReaderConfig(frame_size=model.config.frame_size, max_frames=args.max_frames or model.max_frames, num_workers=args.num_workers)
     rows = translate_split(model, tokenizer, args.data, args.split, args.batch_size, reader,
                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     scores = score_rows(rows, args.bleu_tokenize)

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 
 import torch
 
+from recipe.checkpointing import step_tag
 from recipe.build import (build_model, engine_dtype, initialize_engine, is_zero3, last_checkpoint_state_dict,
                           prepare_tokenizer, reader_config, video_inputs)
 from recipe.config import FinetuneConfig, build_parser as config_parser, parse_config
@@ -39,7 +40,15 @@ from recipe.training import run_training
 from sharded_data.format import load_index
 from sharded_data.reader import make_indexed_loader
 
-PRETRAIN_PREFIX = "model."  # stage 1 wraps the translation model as `PretrainingModule.model`
+PRETRAIN_PREFIX = "model."
+
+
+def broadcast_from_rank0(value: float) -> float:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]  # stage 1 wraps the translation model as `PretrainingModule.model`
 
 
 def load_pretrained(init_run: str, tag: str, config: FinetuneConfig) -> SignTranslationModel:
@@ -78,10 +87,11 @@ class FinetuningTask:
         self.reader = reader_config(config, frame_size)
         index = load_index(config.data, "train")
         self.sampler = RandomBatchSampler(index.sample_id, config.micro_batch_size * env.world_size, seed=config.seed)
-        self.best_bleu4 = -1.0
+        self.best_bleu4, self.best_step = -1.0, None
         best = run.root / "best.json"
         if best.exists():
-            self.best_bleu4 = json.loads(best.read_text())["dev_bleu4"]
+            record = json.loads(best.read_text())
+            self.best_bleu4, self.best_step = record["dev_bleu4"], record["step"]
 
     def micro_batches_per_epoch(self) -> int:
         return len(self.sampler) // self.config.grad_accum * self.config.grad_accum
@@ -123,10 +133,17 @@ class FinetuningTask:
                              rows, context)
                 metrics.update({f"{split}_{name}": value for name, value in scores.as_dict().items()
                                 if isinstance(value, float)})
-        if self.env.rank == 0 and metrics["dev_bleu4"] > self.best_bleu4:
-            self.best_bleu4 = metrics["dev_bleu4"]
-            write_json_atomic(self.run.root / "best.json", {"step": step, "dev_bleu4": self.best_bleu4})
+        # Every rank decides (from rank 0's score) so that all of them join the checkpoint save that follows.
+        dev_bleu4 = broadcast_from_rank0(metrics.get("dev_bleu4", 0.0))
+        if dev_bleu4 > self.best_bleu4:
+            self.best_bleu4, self.best_step = dev_bleu4, step
+            if self.env.rank == 0:
+                write_json_atomic(self.run.root / "best.json", {"step": step, "dev_bleu4": dev_bleu4})
+            metrics["new_best"] = True
         return metrics
+
+    def pinned_tags(self) -> list[str]:
+        return [step_tag(self.best_step)] if self.best_step is not None else []
 
 
 def build_parser():

@@ -62,6 +62,8 @@ class SignTranslationConfig(PreTrainedConfig):
     frame_size: int = 64
     """Square frame side the data pipeline should resize to (the network itself accepts any size)."""
     temporal_kernel_size: int = 5
+    subtract_clip_mean: bool = False
+    """Feed the frame CNN each clip minus its mean frame (motion, not appearance); tiny preset: on."""
     visual_layers: int = 2
     visual_attention_heads: int = 4
     visual_ffn_dim: int = 256
@@ -181,6 +183,7 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
             small_cnn_channels=tuple(config.small_cnn_channels),
             temporal_kernel_size=config.temporal_kernel_size,
             transformer_config=config.visual_mbart_config(),
+            subtract_clip_mean=config.subtract_clip_mean,
         )
         self.text_encoder = MBartEncoder(text_config)
         self.decoder = MBartDecoder(text_config)
@@ -243,6 +246,11 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
+
+    @property
+    def max_frames(self) -> int:
+        """Most frames per clip the visual positions allow: 1 summary token + floor(floor(T/2)/2) tokens."""
+        return 4 * (self.config.max_visual_tokens - 1)
 
     # -- the three things the recipe calls ---------------------------------------------------------
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(
         frame_cnn="small",
         small_cnn_channels=[16, 32, 64, 128],
+        subtract_clip_mean=True,  # a CNN from scratch on few clips: see sign_encoder.subtract_clip_mean
         frame_size=64,
         d_model=128,
         projection_dim=128,

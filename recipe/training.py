@@ -102,7 +102,14 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
         metrics_log.message(f"resumed at step {state.step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
 
     def save() -> str:
+        checkpoints.pinned = set(task.pinned_tags()) if hasattr(task, "pinned_tags") else set()
         return checkpoints.save(engine, state.step, {"train_state": asdict(state), "config": to_dict(config)})
+
+    def evaluate(final: bool) -> dict[str, Any]:
+        metrics = task.evaluate(engine, state.step, final=final)
+        if metrics.pop("new_best", False):
+            save()  # the dev-best weights must exist as a checkpoint, and are pinned against pruning
+        return metrics
 
     stopper = PreemptionHandler()
     timer = StepTimer()
@@ -131,7 +138,7 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
                     state.batches_done_in_epoch = 0
                     task.on_epoch_end(engine, state.epoch)
                 if config.eval_every and state.step % config.eval_every == 0 and state.step < total_steps:
-                    metrics_log.log_eval(state.step, task.evaluate(engine, state.step, final=False))
+                    metrics_log.log_eval(state.step, evaluate(final=False))
                 if config.save_every and state.step % config.save_every == 0:
                     save()
                 if stopper.should_stop():
@@ -146,7 +153,7 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
                     "the loader yielded fewer batches than it promised"
                 )
         started = time.perf_counter()
-        final_metrics = task.evaluate(engine, state.step, final=True)
+        final_metrics = evaluate(final=True)
         final_metrics["eval_seconds"] = round(time.perf_counter() - started, 2)
         metrics_log.log_eval(state.step, final_metrics)
         tag = save()

@@ -36,12 +36,12 @@ def load_video(path: str | Path) -> np.ndarray:
 
 
 class Translator:
-    def __init__(self, model_dir: str | Path, num_beams: int = 5, max_new_tokens: int = 60, max_frames: int = 256,
+    def __init__(self, model_dir: str | Path, num_beams: int = 5, max_new_tokens: int = 60, max_frames: int = 0,
                  device: str | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = SignTranslationModel.from_pretrained(model_dir).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_dir)
-        self.transform = VideoTransform(self.model.config.frame_size, max_frames, train=False)
+        self.transform = VideoTransform(self.model.config.frame_size, max_frames or self.model.max_frames, train=False)
         self.num_beams, self.max_new_tokens = num_beams, max_new_tokens
 
     @torch.no_grad()
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="write 'input<TAB>translation' lines here instead of stdout")
     parser.add_argument("--num-beams", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=60)
-    parser.add_argument("--max-frames", type=int, default=256)
+    parser.add_argument("--max-frames", type=int, default=0,
+                        help="frames kept per video; default: the most the model's visual positions allow")
     parser.add_argument("--batch-size", type=int, default=8)
     return parser
 

@@ -313,3 +313,18 @@ def test_gradient_checkpointing_gives_same_gradients():
         model(frames, mask, labels=LABELS).loss.backward()
         grads.append(model.decoder.layers[0].fc1.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_clip_mean_subtraction_removes_what_stays_still():
+    """Two clips that differ only in a static background give the same input to the frame CNN."""
+    from recipe.sign_encoder import subtract_clip_mean
+
+    generator = torch.Generator().manual_seed(0)
+    motion = torch.randn(1, 6, 3, 8, 8, generator=generator)
+    mask = torch.tensor([[True] * 5 + [False]])
+    background_a, background_b = torch.rand(1, 1, 3, 8, 8, generator=generator), torch.rand(1, 1, 3, 8, 8, generator=generator)
+    a = subtract_clip_mean(motion + background_a, mask)
+    b = subtract_clip_mean(motion + background_b, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(a[:, 5], torch.zeros_like(a[:, 5]))  # padding stays zero
+    assert torch.allclose(a[:, :5].mean(1), torch.zeros(1, 3, 8, 8), atol=1e-6)
