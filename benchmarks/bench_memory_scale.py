@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -20,7 +20,7 @@ from recipe.modeling import SignTranslationModel
 from recipe.presets import build_config
 from recipe.run_dir import RunDir
 from recipe.tokenizer import load_tokenizer, train_tokenizer
-from sharded_data.reader import ReaderConfig
+from sharded_data.reader import ReaderConfig, make_indexed_loader
 
 TOKENIZER_FILE = "tokenizer_config.json"
 
@@ -147,3 +147,23 @@ def last_checkpoint_state_dict(run_dir: str | Path, tag: str = "") -> tuple[dict
                            f"damaged ({type(error).__name__}: {error}); pick another tag with --tag / --init-tag "
                            f"(complete ones: {checkpoints.complete_tags()}) or retrain") from error
     return state, tag
+
+
+class SampledEpochs:
+    """A training stage's batches: the sampler's global batches, this rank's slice, through the indexed reader.
+
+    Every rank gets the same number of micro-batches per epoch (a multiple of grad_accum), and an epoch's
+    batches depend on (seed, epoch) alone, so a resumed run can skip the ones it already trained on.
+    """
+
+    def __init__(self, config: TrainConfig, env: DistEnv, sampler: Any, reader: ReaderConfig) -> None:
+        self.config, self.env, self.sampler, self.reader = config, env, sampler, reader
+
+    def micro_batches_per_epoch(self) -> int:
+        return len(self.sampler) // self.config.grad_accum * self.config.grad_accum
+
+    def epoch_batches(self, epoch: int, skip: int):
+        global_batches = self.sampler.epoch_batches(epoch)[skip:self.micro_batches_per_epoch()]
+        mine = [self.sampler.rank_slice(batch, self.env.rank, self.env.world_size) for batch in global_batches]
+        return make_indexed_loader(self.config.data, "train", mine, self.config.micro_batch_size, self.reader,
+                                   train=True, epoch=epoch)

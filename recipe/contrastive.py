@@ -103,7 +103,7 @@ def gather_features(
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return GatheredBatch(features, sample_ids, sentence_ids, features, sample_ids, sentence_ids, offset=0)
 
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    rank = dist.get_rank(group)
     batch, video_len, text_len = features.batch_size, features.video.shape[1], features.text.shape[1]
     with torch.no_grad():
         sizes = _all_gather(torch.tensor([[batch, video_len, text_len]], device=device), group)

@@ -58,7 +58,7 @@ def load_run_model(run_dir: str | Path, tag: str = "") -> tuple[SignTranslationM
 
 
 def model_card(run: RunDir, tag: str) -> str:
-    lines = [f"# Sign language translation model (SCL-SLT recipe)", "",
+    lines = ["# Sign language translation model (SCL-SLT recipe)", "",
              f"Converted from `{run.root}` checkpoint `{tag}`.", ""]
     for split in ("dev", "test"):
         report = run.root / "reports" / f"{split}.md"

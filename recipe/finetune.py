@@ -25,20 +25,19 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 import torch
 
 from recipe.checkpointing import step_tag
-from recipe.build import (build_model, engine_dtype, initialize_engine, is_zero3, last_checkpoint_state_dict,
+from recipe.build import (SampledEpochs, build_model, engine_dtype, initialize_engine, is_zero3, last_checkpoint_state_dict,
                           prepare_tokenizer, reader_config, video_inputs)
 from recipe.config import FinetuneConfig, build_parser as config_parser, parse_config
 from recipe.dist import DistEnv, init_distributed, print0
 from recipe.evaluate import score_rows, translate_split, write_report
 from recipe.lora import apply_lora
 from recipe.modeling import SignTranslationConfig, SignTranslationModel
-from recipe.pair_selection import RandomBatchSampler, rank_slice
+from recipe.pair_selection import RandomBatchSampler
 from recipe.run_dir import RunDir, write_json_atomic
 from recipe.seeding import seed_everything
 from recipe.text import tokenize_targets
 from recipe.training import run_training
 from sharded_data.format import load_index
-from sharded_data.reader import make_indexed_loader
 
 PRETRAIN_PREFIX = "model."
 
@@ -87,6 +86,7 @@ class FinetuningTask:
         self.reader = reader_config(config, frame_size)
         index = load_index(config.data, "train")
         self.sampler = RandomBatchSampler(index.sample_id, config.micro_batch_size * env.world_size, seed=config.seed)
+        self.epochs = SampledEpochs(config, env, self.sampler, self.reader)
         self.best_bleu4, self.best_step = -1.0, None
         best = run.root / "best.json"
         if best.exists():
@@ -94,13 +94,10 @@ class FinetuningTask:
             self.best_bleu4, self.best_step = record["dev_bleu4"], record["step"]
 
     def micro_batches_per_epoch(self) -> int:
-        return len(self.sampler) // self.config.grad_accum * self.config.grad_accum
+        return self.epochs.micro_batches_per_epoch()
 
     def epoch_batches(self, epoch: int, skip: int):
-        global_batches = self.sampler.epoch_batches(epoch)[skip:self.micro_batches_per_epoch()]
-        mine = [rank_slice(batch, self.env.rank, self.env.world_size) for batch in global_batches]
-        return make_indexed_loader(self.config.data, "train", mine, self.config.micro_batch_size, self.reader,
-                                   train=True, epoch=epoch)
+        return self.epochs.epoch_batches(epoch, skip)
 
     def compute_loss(self, engine, batch: dict, progress: float):
         frames, frame_mask = video_inputs(batch, engine)

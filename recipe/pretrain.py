@@ -32,14 +32,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recipe.build import (initialize_engine, is_zero3, prepare_tokenizer, reader_config, build_model,
+from recipe.build import (SampledEpochs, build_model, initialize_engine, prepare_tokenizer, reader_config,
                           video_inputs)
 from recipe.config import PretrainConfig, build_parser as config_parser, parse_config
 from recipe.contrastive import ContrastiveLoss
 from recipe.curriculum import CurriculumSchedule
 from recipe.dist import DistEnv, init_distributed, print0
 from recipe.features import ContrastiveFeatures
-from recipe.pair_selection import CurriculumBatchSampler, PairScorer, PairSelectionMask, RandomBatchSampler, rank_slice
+from recipe.pair_selection import CurriculumBatchSampler, PairScorer, PairSelectionMask, RandomBatchSampler
 from recipe.retrieval import recall_at_k
 from recipe.run_dir import RunDir
 from recipe.seeding import seed_everything
@@ -48,7 +48,7 @@ from recipe.text import tokenize_targets
 from recipe.trajectory_store import load_trajectory, save_reference_checkpoint
 from recipe.training import run_training
 from sharded_data.format import load_index
-from sharded_data.reader import make_eval_loader, make_indexed_loader
+from sharded_data.reader import make_eval_loader
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on the inverse temperature
 
@@ -101,16 +101,14 @@ class PretrainingTask:
             self.sampler = RandomBatchSampler(self.index.sample_id, global_batch, seed=config.seed)
         self.loss_fn = ContrastiveLoss(similarity_kind=config.similarity, same_sentence=config.same_sentence)
         self.translation = config.translation_weight > 0
+        self.epochs = SampledEpochs(config, env, self.sampler, self.reader)
 
     # -- batches ------------------------------------------------------------------------------------
     def micro_batches_per_epoch(self) -> int:
-        return len(self.sampler) // self.config.grad_accum * self.config.grad_accum
+        return self.epochs.micro_batches_per_epoch()
 
     def epoch_batches(self, epoch: int, skip: int):
-        global_batches = self.sampler.epoch_batches(epoch)[skip:self.micro_batches_per_epoch()]
-        mine = [rank_slice(batch, self.env.rank, self.env.world_size) for batch in global_batches]
-        return make_indexed_loader(self.config.data, "train", mine, self.config.micro_batch_size, self.reader,
-                                   train=True, epoch=epoch)
+        return self.epochs.epoch_batches(epoch, skip)
 
     # -- loss -----------------------------------------------------------------------------------------
     def compute_loss(self, engine, batch: dict, progress: float):

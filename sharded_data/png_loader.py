@@ -15,7 +15,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
@@ -30,6 +29,7 @@ from sharded_data.reader import (
     derive_seed,
 )
 from sharded_data.transforms import VideoSample, VideoTransform
+from sharded_data.sources import FrameDirectorySource
 
 
 @dataclass
@@ -91,21 +91,7 @@ class PngFrameDataset(Dataset):
 
 def read_frame_folder(folder: str | os.PathLike, pattern: str = "*.png") -> torch.Tensor:
     """uint8 [T, H, W, 3] from a folder of images, in file-name order, one PIL open per frame."""
-    from PIL import Image
-
-    files = sorted(Path(folder).glob(pattern))
-    if not files:
-        raise ValueError(f"{folder}: no frame matches {pattern!r}")
-    frames = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                frames.append(np.asarray(image.convert("RGB")))
-        except OSError as error:
-            raise OSError(f"{file}: cannot read frame image ({error})") from error
-    if any(frame.shape != frames[0].shape for frame in frames):
-        raise OSError(f"{folder}: frames differ in size")
-    return torch.from_numpy(np.stack(frames))
+    return torch.from_numpy(FrameDirectorySource(name=str(folder), text="", path=str(folder), pattern=pattern).load_frames())
 
 
 def make_png_loader(dataset: PngFrameDataset, batch_size: int, cfg: ReaderConfig, shuffle: bool) -> VideoLoader:
