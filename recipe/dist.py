@@ -262,3 +262,15 @@ def barrier() -> None:
     """Wait for every rank; a no-op without a process group."""
     if get_world_size() > 1:
         dist.barrier()
+
+
+def shutdown_distributed(env: DistEnv) -> None:
+    """Leave the job in step: every rank reaches the barrier before any tears its connections down.
+
+    Without it, a rank that finishes first can close its gloo pairs while a slower one is still inside
+    the last collective, which then aborts. A single process keeps its group (DeepSpeed caches groups,
+    so a second run in the same process, as in the tests, needs it).
+    """
+    if env.world_size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

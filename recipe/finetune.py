@@ -28,7 +28,7 @@ from recipe.checkpointing import step_tag
 from recipe.build import (SampledEpochs, build_model, engine_dtype, initialize_engine, is_zero3, last_checkpoint_state_dict,
                           prepare_tokenizer, reader_config, video_inputs)
 from recipe.config import FinetuneConfig, build_parser as config_parser, parse_config
-from recipe.dist import DistEnv, init_distributed, print0
+from recipe.dist import DistEnv, init_distributed, print0, shutdown_distributed
 from recipe.evaluate import score_rows, translate_split, write_report
 from recipe.lora import apply_lora
 from recipe.modeling import SignTranslationConfig, SignTranslationModel
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_training(config, env, run, engine, task)
     print0(f"done at step {result.state.step}: " + ", ".join(
         f"{k}={v:.2f}" for k, v in result.final_metrics.items() if k.endswith(("bleu4", "rouge_l"))))
+    shutdown_distributed(env)
     return result.final_metrics
 
 

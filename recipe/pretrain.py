@@ -37,7 +37,7 @@ from recipe.build import (SampledEpochs, build_model, initialize_engine, prepare
 from recipe.config import PretrainConfig, build_parser as config_parser, parse_config
 from recipe.contrastive import ContrastiveLoss
 from recipe.curriculum import CurriculumSchedule
-from recipe.dist import DistEnv, init_distributed, print0
+from recipe.dist import DistEnv, init_distributed, print0, shutdown_distributed
 from recipe.features import ContrastiveFeatures
 from recipe.pair_selection import CurriculumBatchSampler, PairScorer, PairSelectionMask, RandomBatchSampler
 from recipe.retrieval import recall_at_k
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
            f"{total_steps} steps, negatives={config.negatives}, zero stage {engine.zero_optimization_stage()}")
     result = run_training(config, env, run, engine, task)
     print0(f"done at step {result.state.step}: {result.final_metrics}")
+    shutdown_distributed(env)
     return result.final_metrics
 
 
