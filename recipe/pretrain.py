@@ -88,15 +88,16 @@ class PretrainingTask:
         global_batch = config.micro_batch_size * env.world_size
         self.selection = None
         if config.negatives == "ps":
+            num_epochs = planned_epochs(config, self.index.num_samples, global_batch)
             trajectory = load_trajectory(config.reference_run, load_tokens=False)
             schedule = CurriculumSchedule(config.curriculum)
             # Both the sampler and the loss mask score pooled vectors: token-level scoring of the mask's
             # b x G pairs costs ~1.9 CPU-s per step at the large preset's shapes against 2 ms pooled
             # (benchmarks/results/training.md). Token embeddings stay in the reference for analysis.
             scorer = PairScorer(trajectory, config.ps_score)
-            self.sampler = CurriculumBatchSampler(scorer, global_batch, schedule, num_epochs=max(config.epochs, 1),
+            self.sampler = CurriculumBatchSampler(scorer, global_batch, schedule, num_epochs=num_epochs,
                                                   seed=config.seed, pool_size=config.ps_pool_size or None)
-            self.selection = PairSelectionMask(scorer, schedule, num_epochs=max(config.epochs, 1))
+            self.selection = PairSelectionMask(scorer, schedule, num_epochs=num_epochs)
         else:
             self.sampler = RandomBatchSampler(self.index.sample_id, global_batch, seed=config.seed)
         self.loss_fn = ContrastiveLoss(similarity_kind=config.similarity, same_sentence=config.same_sentence)
@@ -177,6 +178,14 @@ class PretrainingTask:
             dist.all_gather_object(gathered, parts)
             parts = [part for rank_parts in gathered for part in rank_parts]
         return merge_by_sample_id(parts)
+
+
+def planned_epochs(config: PretrainConfig, num_samples: int, global_batch: int) -> int:
+    """Epochs the run will train: --epochs, or as many as --max-steps reaches (the curriculum spans them)."""
+    if config.max_steps <= 0:
+        return max(config.epochs, 1)
+    steps_per_epoch = max(1, num_samples // global_batch // config.grad_accum)
+    return max(1, math.ceil(config.max_steps / steps_per_epoch))
 
 
 def pooled(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -241,3 +241,14 @@ def test_pair_selection_pretraining_on_two_ranks(reference_run, shards, tmp_path
     assert all(math.isfinite(metrics[s]["loss"]) for s in metrics)
     assert json.loads((run / "config.json").read_text())["reference_run"] == str(reference_run)
     assert (run / "checkpoints" / "step-000008" / "complete.json").is_file()
+
+
+def test_curriculum_spans_the_epochs_that_max_steps_reaches():
+    from recipe.config import PretrainConfig
+    from recipe.pretrain import planned_epochs
+
+    by_epochs = PretrainConfig(data="d", out="o", epochs=7)
+    assert planned_epochs(by_epochs, num_samples=1000, global_batch=16) == 7
+    # 1000 // 16 = 62 batches = 31 steps per epoch with grad_accum 2: 100 steps reach into the 4th epoch
+    by_steps = PretrainConfig(data="d", out="o", epochs=7, max_steps=100, grad_accum=2)
+    assert planned_epochs(by_steps, num_samples=1000, global_batch=16) == 4
