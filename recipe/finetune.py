@@ -36,7 +36,7 @@ from recipe.pair_selection import RandomBatchSampler
 from recipe.run_dir import RunDir, write_json_atomic
 from recipe.seeding import seed_everything
 from recipe.text import tokenize_targets
-from recipe.training import run_training
+from recipe.training import planned_total_steps, run_training
 from sharded_data.format import load_index
 
 PRETRAIN_PREFIX = "model."
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model = build_model(config, tokenizer, label_smoothing=config.label_smoothing)
     task = FinetuningTask(config, env, run, tokenizer, frame_size=model.config.frame_size)
-    steps_per_epoch = task.micro_batches_per_epoch() // config.grad_accum
-    total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
+    total_steps = planned_total_steps(config, task.micro_batches_per_epoch())
     engine = initialize_engine(config, env, run, model, total_steps)
     if env.rank == 0:
         model.config.save_pretrained(run.root / "model_config")

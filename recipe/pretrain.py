@@ -46,7 +46,7 @@ from recipe.seeding import seed_everything
 from recipe.similarity import similarity
 from recipe.text import tokenize_targets
 from recipe.trajectory_store import load_trajectory, save_reference_checkpoint
-from recipe.training import run_training
+from recipe.training import planned_total_steps, run_training
 from sharded_data.format import load_index
 from sharded_data.reader import make_eval_loader
 
@@ -226,8 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = prepare_tokenizer(config, run, index.text)
     model = build_model(config, tokenizer, label_smoothing=config.label_smoothing)
     task = PretrainingTask(config, env, run, tokenizer, frame_size=model.config.frame_size)
-    steps_per_epoch = task.micro_batches_per_epoch() // config.grad_accum
-    total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
+    total_steps = planned_total_steps(config, task.micro_batches_per_epoch())
     engine = initialize_engine(config, env, run, PretrainingModule(model), total_steps)
     if env.rank == 0:
         model.config.save_pretrained(run.root / "model_config")  # the network, for finetuning and export

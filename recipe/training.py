@@ -82,6 +82,13 @@ def without_global_rng_draws(batches: Iterable[dict]) -> Iterator[dict]:
         getattr(iterator, "close", lambda: None)()
 
 
+def planned_total_steps(config: TrainConfig, micro_batches_per_epoch: int) -> int:
+    """Optimizer steps the run will take: --max-steps, else --epochs full epochs (the LR schedule's length)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    return config.epochs * (micro_batches_per_epoch // config.grad_accum)
+
+
 def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, task: TrainingTask) -> TrainResult:
     """Train until the step budget is spent; resumable, preemptible. Call on every rank."""
     checkpoints = CheckpointManager(run.checkpoints, keep_last=config.keep_last)
@@ -95,7 +102,7 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
             f"{config.data}: an epoch holds {micro_per_epoch} micro-batches per rank, fewer than --grad-accum "
             f"{config.grad_accum}: lower --micro-batch-size/--grad-accum or use more data"
         )
-    total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
+    total_steps = planned_total_steps(config, micro_per_epoch)
     global_batch = config.micro_batch_size * config.grad_accum * env.world_size
     metrics_log = create_logger(run, total_steps=total_steps, initial_step=state.step, enabled=env.rank == 0)
     if client_state:
