@@ -74,11 +74,13 @@ def test_export_of_zero2_and_zero3_runs_computes_what_was_trained(exported, zero
             generate = dict(frames=batch["frames"], frame_mask=batch["frame_mask"], num_beams=3, max_new_tokens=10)
             assert torch.equal(exported_model.generate(**generate), trained.generate(**generate)), f"ZeRO-{stage} ids"
         weights[stage] = exported_model.state_dict()
-    # The two stages trained the same run (same losses up to the last float bit), so they export the same
-    # network up to float rounding (ZeRO-3 reduce-scatters the gradients: another summation order).
+    # The two stages trained the same run, so they export the same network up to float rounding: ZeRO-3
+    # reduce-scatters the gradients (another summation order), and Adam's normalisation can amplify a last-bit
+    # difference in a near-zero gradient over 12 steps (1e-5 was seen to fail once), so the bound is loose;
+    # a wrong export differs by the size of the weights themselves.
     assert weights[2].keys() == weights[3].keys()
     for key in weights[2]:
-        torch.testing.assert_close(weights[2][key], weights[3][key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(weights[2][key], weights[3][key], rtol=1e-3, atol=1e-4, msg=key)
 
 
 @pytest.mark.parametrize("damage", ["no_completion_marker", "tag_without_marker", "missing_file", "truncated_file"])
