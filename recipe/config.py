@@ -68,7 +68,8 @@ class PretrainConfig(TrainConfig):
 
     similarity: str = option("token", "video-text similarity", choices=("token", "cls", "mean"))
     translation_weight: float = option(1.0, "weight of the joint translation loss (0 = pure contrastive)")
-    same_sentence: str = option("mask", "same-sentence pairs: masked out or extra positives", choices=("mask", "positive"))
+    same_sentence: str = option("mask", "same-sentence pairs: masked out, extra positives, or ordinary negatives "
+                                "(masking off: the ablation)", choices=("mask", "positive", "negative"))
     negatives: str = option("random", "negatives: random in-batch, or Pair Selection", choices=("random", "ps"))
     curriculum: str = option("log", "Pair Selection schedule", choices=("log", "linear", "sqrt", "easy", "hard"))
     ps_score: str = option("delta", "Pair Selection score", choices=("delta", "mean", "slope", "var", "last"))

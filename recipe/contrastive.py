@@ -16,6 +16,9 @@ the gradient of (1/W) sum_r loss_r = the mean over the whole global batch (ranks
 Negatives:
 - Two samples of the same sentence are never each other's negatives: `same_sentence="mask"` removes
   the pair (logit -inf), `"positive"` makes every same-sentence column a positive (uniform target).
+  `"negative"` turns this off (plain InfoNCE as in GFSLT-VLP, the ablation): another signer's video of
+  the same sentence is a negative like any other, and stays one whatever the selection hook says, since
+  Pair Selection only scores pairs of different sentences.
 - A selection hook (Pair Selection) says which remaining negatives to KEEP, per (local sample, global
   sample) pair; the decision applies to both directions (video i vs text j, and text i vs video j).
   The positive is never dropped. `kept_negative_fraction` reports kept / candidate negatives on this rank.
@@ -38,7 +41,7 @@ SimilarityFn = Callable[..., torch.Tensor]
 """similarity(video, video_mask, text, text_mask, kind=..., chunk_size=...) -> [Bv, Bt]."""
 
 SIMILARITY_KINDS = ("token", "cls", "mean")
-SAME_SENTENCE_MODES = ("mask", "positive")
+SAME_SENTENCE_MODES = ("mask", "positive", "negative")
 
 
 @dataclass
@@ -173,6 +176,8 @@ def contrastive_loss(
     same = batch.local_sentence_ids[:, None] == batch.sentence_ids[None, :]  # includes each row's own positive
     negatives = ~same
     keep = negatives
+    twins = same.clone()  # other samples of the row's sentence
+    twins[rows, positive_column] = False
     if selection is not None:
         chosen = selection(batch.local_sample_ids, batch.sample_ids)
         if not isinstance(chosen, torch.Tensor) or chosen.dtype != torch.bool or chosen.shape != same.shape:
@@ -181,8 +186,10 @@ def contrastive_loss(
                 f"{getattr(chosen, 'dtype', type(chosen))} {tuple(getattr(chosen, 'shape', ()))}"
             )
         keep = negatives & chosen.to(same.device)
+    if same_sentence == "negative":
+        negatives, keep = negatives | twins, keep | twins
 
-    if same_sentence == "mask":
+    if same_sentence in ("mask", "negative"):
         allowed = keep.clone()
         allowed[rows, positive_column] = True
         target = positive_column
@@ -224,7 +231,8 @@ class ContrastiveLoss:
     similarity_kind: str = "token"
     """token (CiCo late interaction), cls or mean; see `recipe.similarity`."""
     same_sentence: str = "mask"
-    """What two samples of one sentence are to each other: "mask" (not negatives) or "positive"."""
+    """What two samples of one sentence are to each other: "mask" (not negatives), "positive", or "negative"
+    (the ablation: masking off)."""
     chunk_size: int | None = None
     """Passed to the similarity to bound its memory; None = its default."""
     similarity_fn: SimilarityFn | None = None

@@ -264,6 +264,21 @@ def test_same_sentence_pairs_as_positives_share_the_target():
     torch.testing.assert_close(_loss(matrix, "positive")["loss_t2v"], torch.stack(rows).mean())
 
 
+def test_same_sentence_masking_off_is_plain_infonce_and_survives_selection():
+    matrix = torch.randn(4, 4, generator=torch.Generator().manual_seed(6))
+    plain = (F.cross_entropy(matrix, torch.arange(4)) + F.cross_entropy(matrix.T, torch.arange(4))) / 2
+    out = _loss(matrix, "negative")
+    torch.testing.assert_close(out["loss"], plain)
+    assert out["kept_negative_fraction"] == 1.0
+    # Pair Selection scores only pairs of different sentences: the twins (0, 2) stay negatives when it drops all
+    drop_all = lambda local, full: torch.zeros(len(local), len(full), dtype=torch.bool)  # noqa: E731
+    out = _loss(matrix, "negative", selection=drop_all)
+    twins_only = torch.stack([-torch.log_softmax(matrix[0, [0, 2]], 0)[0], torch.tensor(0.0),
+                              -torch.log_softmax(matrix[2, [0, 2]], 0)[1], torch.tensor(0.0)]).mean()
+    torch.testing.assert_close(out["loss_v2t"], twins_only)
+    torch.testing.assert_close(out["kept_negative_fraction"], torch.tensor(2 / 12))
+
+
 def test_selection_never_drops_the_positive():
     matrix = torch.randn(4, 4, generator=torch.Generator().manual_seed(3))
     drop_all = lambda local, full: torch.zeros(len(local), len(full), dtype=torch.bool)  # noqa: E731
