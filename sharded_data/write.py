@@ -4,6 +4,11 @@
     python -m sharded_data.write --phoenix ROOT   --out DIR    # PHOENIX-2014T release folder
     python -m sharded_data.write --csl-daily ROOT --out DIR [--csl-labels FILE | --trust-pickle]
 
+On several machines (a job array, slurm/shard.sh), the same command with the same flags in each task, then once more:
+
+    python -m sharded_data.write ... --out DIR --task-index I --num-tasks N    # task I of 0..N-1, all at once
+    python -m sharded_data.write ... --out DIR --finalize                      # when every task has succeeded
+
 How a write proceeds, and why it can be interrupted and resumed:
 1. Every sample gets its sample id (position in its split) and a sentence id (one per distinct normalized
    text over all splits) up front; the splits are cut into shards of `samples_per_shard`.
@@ -15,6 +20,12 @@ How a write proceeds, and why it can be interrupted and resumed:
    failed write never leaves an index that looks complete.
 The arguments that decide the bytes on disk are kept in `.progress/settings.json`; a re-run into the same
 folder with different ones is refused.
+
+A job array splits step 2: every task makes the same plan (step 1 depends on the sources only) and writes the
+shards at plan positions p (all splits, in order) with p % N == I; it discards only its own shards' temporary
+files (the other tasks are writing theirs) and skips step 3. `--finalize` then checks that every shard is
+finished (naming the task that should have written each missing one) and does step 3. Shards hold fixed
+tar timestamps, so N tasks + finalize write the same bytes as one process.
 
 With `skip_bad`, a video that fails to load is logged, counted and left out; since sample ids must stay
 0..N-1, the shards after a gap are then rewritten with shifted ids (a copy of the tar bytes, no re-encoding).
@@ -31,6 +42,7 @@ import multiprocessing
 import os
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,6 +78,10 @@ log = logging.getLogger(__name__)
 
 PROGRESS_DIR = ".progress"
 SETTINGS_FILE = "settings.json"
+TASKS_FILE = "tasks.json"  # {"num_tasks": N} of the job array writing here: finalize names missing shards' tasks
+# Every tar member gets this mtime (not the time of writing): a shard is then a function of its sources and
+# settings, so array tasks, one process and a re-write all produce the same bytes (and checksums).
+SHARD_MTIME = 0
 
 
 class BadVideoError(ValueError):
@@ -74,6 +90,10 @@ class BadVideoError(ValueError):
 
 class SettingsMismatchError(ValueError):
     """The output folder holds a (partial) write made with other arguments."""
+
+
+class IncompleteWriteError(RuntimeError):
+    """Finalizing found planned shards that no task has finished (message names them and their tasks)."""
 
 
 @dataclass
@@ -155,11 +175,19 @@ def write_corpus(
     corpus_info: dict | None = None,
     progress: bool = True,
     skip_bad: bool = False,
+    task_index: int | None = None,
+    num_tasks: int | None = None,
+    finalize: bool = False,
 ) -> dict:
     """Write `splits` (split -> sources, in sample-id order) as shards + index into `out_dir`; resumable.
 
     num_workers <= 1 writes in this process. Returns a summary: per split samples/skipped/shards/frames,
     total bytes, seconds, shards written now vs. found finished, frames per second written.
+
+    One task of a job array (`task_index` in 0..num_tasks-1) writes only its share of the shards and no index;
+    `finalize=True`, once all tasks have succeeded, writes no shard: it checks that every shard is finished
+    (IncompleteWriteError naming the missing ones and their tasks) and writes the indexes. Every call of an
+    array gets the same arguments apart from these.
     """
     started = time.perf_counter()
     if video_format not in VIDEO_FORMATS:
@@ -170,6 +198,12 @@ def write_corpus(
         resize = (int(resize[0]), int(resize[1]))
         if min(resize) < 1:
             raise ValueError(f"resize must be two positive sides (H, W), got {resize}")
+    if (task_index is None) != (num_tasks is None):
+        raise ValueError("task_index and num_tasks go together (task I of N), or neither")
+    if num_tasks is not None and not 0 <= task_index < num_tasks:
+        raise ValueError(f"task_index must be in 0..num_tasks-1 = 0..{num_tasks - 1}, got {task_index}")
+    if finalize and num_tasks is not None:
+        raise ValueError("finalize runs once after the tasks, not as one of them: give it no task_index/num_tasks")
     splits = {split: list(sources) for split, sources in splits.items()}
     _check_sources(splits)
     sentence_ids = assign_sentence_ids(splits)
@@ -177,8 +211,7 @@ def write_corpus(
     out_dir = Path(out_dir)
     settings = WriteSettings(video_format, samples_per_shard, list(resize) if resize else None, source, skip_bad,
                              {split: _digest(sources, sentence_ids[split]) for split, sources in splits.items()})
-    _claim_directory(out_dir, settings)
-
+    # The plan: every shard of every split, in order. A task of an array owns the positions p % N == I.
     tasks = [
         ShardTask(str(out_dir), split, number, items, video_format, resize, source, skip_bad)
         for split, sources in splits.items()
@@ -186,9 +219,29 @@ def write_corpus(
             [(sample_id, sentence_ids[split][sample_id], src) for sample_id, src in enumerate(sources)],
             samples_per_shard))
     ]
-    todo = [task for task in tasks if _finished_record(task) is None]
+    if finalize:
+        _check_settings(out_dir, settings)
+        _check_all_finished(out_dir, tasks)
+        _forget_unfinished(out_dir)
+        mine = tasks  # all finished: nothing to write
+    elif num_tasks is None:
+        mine = tasks
+        _claim_directory(out_dir, settings)
+    else:
+        mine = tasks[task_index::num_tasks]
+        _claim_directory(out_dir, settings, owned=mine)
+        _write_json_shared(out_dir / PROGRESS_DIR / TASKS_FILE, dict(num_tasks=num_tasks))
+    todo = [task for task in mine if _finished_record(task) is None]
     frames_written = _run_tasks(todo, num_workers, progress)
 
+    def timing() -> dict:
+        seconds = time.perf_counter() - started
+        return dict(seconds=round(seconds, 3), shards_written=len(todo), shards_reused=len(mine) - len(todo),
+                    frames_written=frames_written, frames_per_second=round(frames_written / max(seconds, 1e-9), 1))
+
+    if num_tasks is not None:  # the index waits for every task: --finalize
+        return dict(out_dir=str(out_dir), task_index=task_index, num_tasks=num_tasks, shards=len(mine),
+                    shards_planned=len(tasks), **timing())
     records = {split: [] for split in splits}
     for task in tasks:
         record = _finished_record(task)
@@ -198,9 +251,7 @@ def write_corpus(
     for split, split_records in records.items():
         _renumber(out_dir, split, split_records)
     summary = _write_indexes(out_dir, settings, records, corpus_info or {})
-    seconds = time.perf_counter() - started
-    summary.update(seconds=round(seconds, 3), shards_written=len(todo), shards_reused=len(tasks) - len(todo),
-                   frames_written=frames_written, frames_per_second=round(frames_written / max(seconds, 1e-9), 1))
+    summary.update(timing())
     return summary
 
 
@@ -263,28 +314,98 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def _claim_directory(out_dir: Path, settings: WriteSettings) -> None:
-    """Refuse a folder written with other settings; forget what a previous run left half-done."""
+def _claim_directory(out_dir: Path, settings: WriteSettings, owned: list[ShardTask] | None = None) -> None:
+    """Refuse a folder written with other settings; forget what a previous run left half-done.
+
+    The N tasks of a job array claim the folder at the same moment: the settings file is created once, by
+    whichever task comes first, and the others compare theirs with it. `owned` (a task's shards) limits the
+    clean-up to that task's own temporary files: the other tasks' belong to writers that are still running.
+    """
     progress_dir = out_dir / PROGRESS_DIR
     settings_file = progress_dir / SETTINGS_FILE
-    if settings_file.is_file():
-        previous = json.loads(settings_file.read_text(encoding="utf-8"))
-        current = asdict(settings)
-        if previous != current:
-            differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
-            raise SettingsMismatchError(
-                f"{out_dir}: holds a write made with other settings (differ: {', '.join(differing)}); "
-                f"write to a new --out folder, or delete {out_dir} to start over"
-            )
-    elif out_dir.is_dir() and (any(out_dir.glob("shards-*.tar")) or any(out_dir.glob("index-*.json"))):
-        raise SettingsMismatchError(f"{out_dir}: holds shards that this writer did not record ({settings_file} is "
-                                    f"missing); write to a new --out folder, or delete {out_dir} to start over")
-    progress_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(settings_file, asdict(settings))
-    # The index and corpus.json are written last; until then none may claim the folder is complete.
-    leftovers = [*out_dir.glob(".*.tmp-*"), *progress_dir.glob(".*.tmp-*")]  # from workers killed mid-write
+    # Shards are looked for before the settings: every writer creates the settings before its first shard, so
+    # shards seen here with no settings file after were not written by this writer (or a task of its array).
+    unrecorded = out_dir.is_dir() and (any(out_dir.glob("shards-*.tar")) or any(out_dir.glob("index-*.json")))
+    if not settings_file.is_file():
+        if unrecorded:
+            raise SettingsMismatchError(f"{out_dir}: holds shards that this writer did not record ({settings_file} "
+                                        f"is missing); write to a new --out folder, or delete {out_dir} to start over")
+        progress_dir.mkdir(parents=True, exist_ok=True)
+        _write_json_shared(settings_file, asdict(settings), exclusive=True)
+    _check_settings(out_dir, settings)
+    _forget_unfinished(out_dir, owned)
+
+
+def _check_settings(out_dir: Path, settings: WriteSettings) -> None:
+    settings_file = out_dir / PROGRESS_DIR / SETTINGS_FILE
+    if not settings_file.is_file():  # only finalizing gets here: a writer creates the file first thing
+        raise IncompleteWriteError(f"{out_dir}: nothing was written here ({settings_file} is missing); run the "
+                                   f"write (or every task of the array) first, then finalize")
+    previous = json.loads(settings_file.read_text(encoding="utf-8"))
+    current = asdict(settings)
+    if previous != current:
+        differing = sorted(key for key in set(previous) | set(current) if previous.get(key) != current.get(key))
+        raise SettingsMismatchError(
+            f"{out_dir}: holds a write made with other settings (differ: {', '.join(differing)}); give every "
+            f"task of an array the same flags; otherwise write to a new --out folder, or delete {out_dir} to start over"
+        )
+
+
+def _write_json_shared(path: Path, data: dict, exclusive: bool = False) -> None:
+    """Write JSON atomically where several tasks, on several machines (a pid is no unique name), may write it
+    at once. exclusive: keep the file if it exists (os.link never replaces), so only the first writer's stays."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data, ensure_ascii=False, indent=1))  # the bytes write_json_atomic writes
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        else:
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _forget_unfinished(out_dir: Path, owned: list[ShardTask] | None = None) -> None:
+    """Delete the index and corpus.json (written last: until then none may claim the folder is complete) and
+    the temporary files of writers killed mid-write: all of them, or only those of the `owned` shards."""
+    progress_dir = out_dir / PROGRESS_DIR
+    leftovers = [*out_dir.glob(".*.tmp-*"), *progress_dir.glob(".*.tmp-*")]
+    if owned is not None:
+        # `.NAME.tmp-PID` (a tar or its sidecar being written) or `.NAME.tmp-RANDOM` (_write_json_shared)
+        mine = {f".{name}" for task in owned for name in (task.name, _sidecar_path(out_dir, task.name).name)}
+        leftovers = [path for path in leftovers if path.name.rsplit(".tmp-", 1)[0] in mine]
     for stale in [*out_dir.glob("index-*.json"), corpus_path(out_dir), *leftovers]:
         stale.unlink(missing_ok=True)
+
+
+def _check_all_finished(out_dir: Path, tasks: list[ShardTask]) -> None:
+    """Raise IncompleteWriteError naming every unfinished shard, grouped by the array task that owns it."""
+    missing = [(position, task.name) for position, task in enumerate(tasks) if _finished_record(task) is None]
+    if not missing:
+        return
+    tasks_file = out_dir / PROGRESS_DIR / TASKS_FILE
+    num_tasks = json.loads(tasks_file.read_text(encoding="utf-8"))["num_tasks"] if tasks_file.is_file() else None
+
+    def listed(names: list[str]) -> str:  # a whole array's worth of shards would bury the rest of the message
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    head = f"{out_dir}: {len(missing)} of {len(tasks)} planned shards are not finished, so no index was written."
+    if num_tasks is None:
+        raise IncompleteWriteError(f"{head} Missing: {listed([name for _, name in missing])}. Write them (a run "
+                                   f"without --finalize resumes), then finalize again")
+    by_task: dict[int, list[str]] = {}
+    for position, name in missing:
+        by_task.setdefault(position % num_tasks, []).append(name)
+    lines = [f"  task {index} of {num_tasks}: {listed(names)}" for index, names in sorted(by_task.items())]
+    rerun = ",".join(str(index) for index in sorted(by_task))
+    raise IncompleteWriteError("\n".join([
+        f"{head} Array task(s) {rerun} did not finish their shards (see their logs):", *lines,
+        f"Re-run them (--task-index I --num-tasks {num_tasks}; with slurm/shard.sh: "
+        f"NUM_TASKS={num_tasks} sbatch --array={rerun} slurm/shard.sh), then finalize again."]))
 
 
 def _sidecar_path(out_dir: Path | str, name: str) -> Path:
@@ -343,7 +464,6 @@ def write_shard(task: ShardTask) -> int:
     final = out_dir / task.name
     tmp = out_dir / f".{task.name}.tmp-{os.getpid()}"
     record = ShardRecord(task.split, task.number, tar_bytes=0)
-    mtime = int(time.time())
     frames_written = 0
     try:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -360,7 +480,7 @@ def write_shard(task: ShardTask) -> int:
                 meta = SampleMeta(planned_id, sentence_id, src.signer, int(frames.shape[0]), float(src.fps),
                                   task.source_tag, task.split, src.name)
                 extension, video = encode_video(frames, task.video_format, fps=float(src.fps))
-                offset, size = _add_sample(tar, sample_key(task.split, planned_id), extension, video, src.text, meta, mtime)
+                offset, size = _add_sample(tar, sample_key(task.split, planned_id), extension, video, src.text, meta)
                 record.samples.append(SampleRecord(planned_id, planned_id, offset, size, sentence_id, meta.n_frames,
                                                    src.signer, src.text, src.name, meta.fps,
                                                    int(frames.shape[1]), int(frames.shape[2])))
@@ -393,13 +513,13 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                      for frame in frames])
 
 
-def _add_sample(tar: tarfile.TarFile, key: str, extension: str, video: bytes, text: str, meta: SampleMeta,
-                mtime: int) -> tuple[int, int]:
+def _add_sample(tar: tarfile.TarFile, key: str, extension: str, video: bytes, text: str,
+                meta: SampleMeta) -> tuple[int, int]:
     """Append the sample's members; returns (offset of its first header, bytes its members span)."""
     start = tar.offset
     for suffix, data in ((extension, video), ("txt", text.encode("utf-8")), ("json", meta.to_json_bytes())):
         info = tarfile.TarInfo(f"{key}.{suffix}")
-        info.size, info.mtime, info.mode = len(data), mtime, 0o444
+        info.size, info.mtime, info.mode = len(data), SHARD_MTIME, 0o444
         tar.addfile(info, io.BytesIO(data))
     return start, tar.offset - start
 
@@ -528,8 +648,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--convert-labels", action="store_true",
                         help=f"with --csl-daily --trust-pickle: write ROOT/{CSL_LABEL_FILE} from the pickle and exit")
     parser.add_argument("--no-progress", action="store_true")
+    array = parser.add_argument_group("job array (slurm/shard.sh): N tasks with the same flags, then --finalize")
+    array.add_argument("--task-index", type=int, metavar="I", help="write only shards p with p %% N == I, no index")
+    array.add_argument("--num-tasks", type=int, metavar="N", help="tasks in the array (with --task-index)")
+    array.add_argument("--finalize", action="store_true",
+                       help="after every task succeeded: check that all shards are finished, write the indexes")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.task_index is None) != (args.num_tasks is None):
+        parser.error("--task-index I and --num-tasks N go together (task I of N), or neither")
+    if args.num_tasks is not None and not 0 <= args.task_index < args.num_tasks:
+        parser.error(f"--task-index must be in 0..{args.num_tasks - 1} (0..N-1 for --num-tasks {args.num_tasks}), "
+                     f"got {args.task_index}")
+    if args.finalize and args.num_tasks is not None:
+        parser.error("--finalize runs once after the array tasks, not as one of them: drop --task-index/--num-tasks")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -557,8 +690,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = write_corpus(args.out, splits, video_format=args.video_format,
                                samples_per_shard=args.samples_per_shard, num_workers=args.workers,
                                resize=tuple(args.resize) if args.resize else None, source=source,
-                               progress=not args.no_progress, skip_bad=args.skip_bad)
-    except (LayoutError, BadVideoError, SettingsMismatchError) as error:
+                               progress=not args.no_progress, skip_bad=args.skip_bad, task_index=args.task_index,
+                               num_tasks=args.num_tasks, finalize=args.finalize)
+    except (LayoutError, BadVideoError, SettingsMismatchError, IncompleteWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=1))

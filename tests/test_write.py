@@ -1,10 +1,13 @@
 """The shard writer: round trips, random access by offset, parallel = serial, resume, refusals, bad videos,
-and that plain `tar`, `webdataset` and Hugging Face `datasets` read what it writes."""
+job-array tasks + finalize = one process (byte for byte), and that plain `tar`, `webdataset` and Hugging Face
+`datasets` read what it writes."""
 from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +22,8 @@ import pytest
 from sharded_data.format import corpus_path, decode_video, index_path, load_index, sample_key
 from sharded_data.inspect import check_split
 from sharded_data.sources import VideoFileSource, VideoSource
-from sharded_data.write import BadVideoError, SettingsMismatchError, main, write_corpus
+from sharded_data.write import (BadVideoError, IncompleteWriteError, SettingsMismatchError, main, parse_args,
+                                write_corpus)
 
 
 @dataclass
@@ -264,17 +268,21 @@ def test_plain_tar_webdataset_and_hf_datasets_read_the_shards(tmp_path, monkeypa
                                       sources["train"][2].load_frames())
 
 
-def test_cli_writes_from_a_manifest_and_reports_errors(tmp_path, capsys):
+def write_clip(clip: Path) -> None:
+    """An ordinary H.264 file at 30 fps, as a user would bring."""
     import av
 
-    clip = tmp_path / "clips" / "a.mp4"
-    clip.parent.mkdir()
-    with av.open(str(clip), "w") as container:  # an ordinary H.264 file at 30 fps, as a user would bring
+    clip.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(clip), "w") as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
         for frame in Gradient("a", "x", n_frames=5).load_frames():
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+
+
+def test_cli_writes_from_a_manifest_and_reports_errors(tmp_path, capsys):
+    write_clip(tmp_path / "clips" / "a.mp4")
     manifest = tmp_path / "manifest.tsv"
     manifest.write_text("split\tid\tvideo\ttext\tsigner\ntrain\ta\tclips/a.mp4\tguten abend\tS1\n"
                         "test\tb\tclips/a.mp4\tGuten  Abend\tS2\n")
@@ -289,3 +297,155 @@ def test_cli_writes_from_a_manifest_and_reports_errors(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"{manifest}:2" in error and "missing.mp4" in error and "relative to" in error
     assert not (tmp_path / "out2").exists()
+
+
+# --------------------------------------------------------------------- job array: N tasks, then finalize
+
+ARRAY_SETTINGS = dict(video_format="npy", samples_per_shard=2, num_workers=1, progress=False, skip_bad=True)
+
+
+def array_corpus(folder: Path) -> dict[str, list[VideoSource]]:
+    """8 shards of 2 (train 0-5, dev 6-7 in plan order) and an undecodable video in train shard 2: with
+    skip_bad, finalizing renumbers train shards 3-5, as one process does."""
+    broken = folder / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    sources = corpus(n_train=11)
+    sources["train"][4] = VideoFileSource("train/bad4", "t", path=str(broken))
+    return sources
+
+
+def run_task(out: Path, folder: Path, task_index: int, num_tasks: int = 3, barrier=None, **settings) -> dict:
+    if barrier is not None:
+        barrier.wait()  # every task claims the empty folder at the same moment
+    return write_corpus(out, array_corpus(folder), task_index=task_index, num_tasks=num_tasks,
+                        **{**ARRAY_SETTINGS, **settings})
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file a write leaves (sidecars and settings included), with its bytes; the array's record aside."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != "tasks.json"}
+
+
+def run_at_once(*calls: tuple) -> list[int]:
+    """Run `run_task(*args)` for each call in its own process, all released together; their exit codes."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(len(calls))
+    processes = [context.Process(target=run_task, args=args[:4], kwargs=dict(barrier=barrier, **args[4]))
+                 for args in calls]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    return [process.exitcode for process in processes]
+
+
+@pytest.mark.parametrize("at_once", [False, True], ids=["one-after-another", "all-at-once"])
+def test_array_tasks_then_finalize_write_the_bytes_of_one_process(tmp_path, at_once):
+    single, array = tmp_path / "single", tmp_path / "array"
+    expected = write_corpus(single, array_corpus(tmp_path), **ARRAY_SETTINGS)
+    if at_once:
+        assert run_at_once(*[(array, tmp_path, index, 3, {}) for index in range(3)]) == [0, 0, 0]
+    else:
+        # Temporary files of writers killed mid-write: a task discards its own shards' (train 0), never those of
+        # another task (train 1 belongs to task 1), which may be writing them right now.
+        (array / ".progress").mkdir(parents=True)
+        own, others = array / ".shards-train-000000.tar.tmp-4242", array / ".shards-train-000001.tar.tmp-4242"
+        others_sidecar = array / ".progress" / ".shards-train-000001.json.tmp-4242"
+        for path in (own, others, others_sidecar):
+            path.write_bytes(b"partial")
+        summaries = [run_task(array, tmp_path, 0)]
+        assert not own.exists() and others.exists() and others_sidecar.exists()
+        summaries += [run_task(array, tmp_path, index) for index in (1, 2)]
+        assert not others.exists() and not others_sidecar.exists()
+        assert [s["shards"] for s in summaries] == [3, 3, 2] and {s["shards_planned"] for s in summaries} == {8}
+        assert sum(s["shards_written"] for s in summaries) == 8
+    written = sorted(path.name for path in array.glob("shards-*.tar"))
+    assert len(written) == 8 and not list(array.glob("index-*.json")) and not corpus_path(array).exists()
+
+    summary = write_corpus(array, array_corpus(tmp_path), finalize=True, **ARRAY_SETTINGS)
+    assert (summary["shards_written"], summary["shards_reused"]) == (0, 8)
+    assert summary["splits"] == expected["splits"] and summary["splits"]["train"]["skipped"] == 1
+    assert files(array) == files(single)
+    assert check_split(array, "train") == [] and check_split(array, "dev") == []
+
+
+def test_finalize_names_the_array_task_of_every_missing_shard(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(IncompleteWriteError, match="nothing was written here"):
+        write_corpus(out, array_corpus(tmp_path), finalize=True, **ARRAY_SETTINGS)
+    for index in (0, 2):  # task 1 failed
+        run_task(out, tmp_path, index)
+    with pytest.raises(IncompleteWriteError) as error:
+        write_corpus(out, array_corpus(tmp_path), finalize=True, **ARRAY_SETTINGS)
+    message = str(error.value)
+    assert "3 of 8 planned shards are not finished" in message
+    assert "task 1 of 3: shards-train-000001.tar, shards-train-000004.tar, shards-dev-000001.tar" in message
+    assert "task 0" not in message and "task 2" not in message
+    assert "NUM_TASKS=3 sbatch --array=1 slurm/shard.sh" in message
+    assert not list(out.glob("index-*.json")) and not corpus_path(out).exists()
+
+    run_task(out, tmp_path, 1)  # the re-run task
+    write_corpus(out, array_corpus(tmp_path), finalize=True, **ARRAY_SETTINGS)
+    assert load_index(out, "train").num_samples == 10
+
+
+def test_array_task_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "out"
+    run_task(out, tmp_path, 0, 2)
+    with pytest.raises(SettingsMismatchError, match=r"differ: samples_per_shard.*same flags"):
+        run_task(out, tmp_path, 1, 2, samples_per_shard=3)
+    with pytest.raises(SettingsMismatchError, match="differ: video_format"):
+        write_corpus(out, array_corpus(tmp_path), finalize=True, **{**ARRAY_SETTINGS, "video_format": "mp4"})
+    # The refused task wrote nothing: only task 0's shards (plan positions 0, 2, 4, 6) are there.
+    assert sorted(p.name for p in out.glob("shards-*.tar")) == \
+        ["shards-dev-000000.tar", *(f"shards-train-{n:06d}.tar" for n in (0, 2, 4))]
+
+    # Starting at the same moment on an empty folder, one of two disagreeing tasks is refused.
+    fresh = tmp_path / "fresh"
+    codes = run_at_once((fresh, tmp_path, 0, 2, {}), (fresh, tmp_path, 1, 2, dict(samples_per_shard=3)))
+    assert sorted(codes) == [0, 1], codes
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(task_index=3, num_tasks=3), r"0\.\.num_tasks-1 = 0\.\.2, got 3"),
+    (dict(task_index=-1, num_tasks=3), r"got -1"),
+    (dict(task_index=0), "go together"),
+    (dict(num_tasks=2), "go together"),
+    (dict(task_index=0, num_tasks=2, finalize=True), "once after the tasks"),
+])
+def test_bad_task_arguments_are_rejected(tmp_path, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        write_corpus(tmp_path / "out", corpus(), **{**ARRAY_SETTINGS, **arguments})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--task-index", "3", "--num-tasks", "3"], r"--task-index must be in 0\.\.2 .*got 3"),
+    (["--task-index", "0"], "go together"),
+    (["--num-tasks", "4"], "go together"),
+    (["--finalize", "--task-index", "0", "--num-tasks", "2"], "once after the array tasks"),
+])
+def test_cli_rejects_bad_task_flags(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--manifest", "corpus.tsv", "--out", "shards", *flags])
+    assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_cli_array_tasks_then_finalize(tmp_path, capsys):
+    write_clip(tmp_path / "clips" / "a.mp4")
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("split\tid\tvideo\ttext\n" + "".join(f"train\tv{i}\tclips/a.mp4\ttext {i % 2}\n" for i in range(5)))
+    single, array = tmp_path / "single", tmp_path / "array"
+    common = ["--manifest", str(manifest), "--video-format", "npy", "--samples-per-shard", "1", "--workers", "1",
+              "--no-progress"]
+    assert main([*common, "--out", str(single)]) == 0
+    capsys.readouterr()
+    assert main([*common, "--out", str(array), "--task-index", "0", "--num-tasks", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["shards"] == 3  # plan positions 0, 2, 4
+    assert main([*common, "--out", str(array), "--finalize"]) == 1
+    error = capsys.readouterr().err
+    assert "task 1 of 2: shards-train-000001.tar, shards-train-000003.tar" in error
+    assert main([*common, "--out", str(array), "--task-index", "1", "--num-tasks", "2"]) == 0
+    assert main([*common, "--out", str(array), "--finalize"]) == 0
+    assert files(array) == files(single)
