@@ -40,13 +40,15 @@ SBATCH_OPTIONS = {
     "signal": r"(B:|R:)?(USR1|USR2|TERM|INT)@\d+",
     "partition": r"[\w,-]+",
     "account": r"[\w-]+",
+    "array": r"\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?",
+    "kill-on-invalid-dep": r"yes|no",
 }
 
 
 def test_scripts_exist():
     names = {p.relative_to(REPO / "slurm").as_posix() for p in SCRIPTS}
-    assert {"pretrain.sh", "finetune.sh", "shard.sh", "export.sh", "pipeline.sh", "lib/launch.sh",
-            "local/start.sh", "local/stop.sh"} <= names
+    assert {"pretrain.sh", "finetune.sh", "shard.sh", "shard_finalize.sh", "export.sh", "pipeline.sh",
+            "lib/launch.sh", "lib/shard_args.sh", "local/start.sh", "local/stop.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(REPO).as_posix())
@@ -107,7 +109,8 @@ def dry_run(script: str, env: dict[str, str]) -> tuple[list[str], list[list[str]
     """Run `script` with DRY_RUN=1; return (srun launch command or [], [program argv, ...])."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     for knob in ("DATA", "OUT", "PRESET", "DS_CONFIG", "NEGATIVES", "CURRICULUM", "REFERENCE_RUN", "EPOCHS",
-                 "MAX_STEPS", "EXTRA_ARGS", "GPUS_PER_NODE", "CPU", "INIT", "NUM_BEAMS", "RUN", "PYTHON"):
+                 "MAX_STEPS", "EXTRA_ARGS", "GPUS_PER_NODE", "CPU", "INIT", "NUM_BEAMS", "RUN", "PYTHON",
+                 "PHOENIX", "CSL_DAILY", "MANIFEST", "VIDEO_FORMAT", "NUM_TASKS"):
         clean.pop(knob, None)
     result = subprocess.run(["bash", f"slurm/{script}"], env={**clean, **env, "DRY_RUN": "1"}, cwd=REPO,
                             capture_output=True, text=True, timeout=30)
@@ -195,12 +198,60 @@ def test_pretrain_flags_match_the_config_dataclasses(dirs):
 
 
 def test_shard_flags_are_accepted(dirs):
+    """Outside SLURM (no array task), the script runs the whole write: no task flags, and so an index."""
     from sharded_data import write
     _, programs = dry_run("shard.sh", {"PHOENIX": "/data/phoenix", "OUT": str(dirs / "shards"),
                                        "EXTRA_ARGS": "--resize 224 224 --skip-bad"})
     assert programs[0][:2] == ["-m", "sharded_data.write"]
     args = write.parse_args(programs[0][2:])
     assert (args.phoenix, args.resize, args.skip_bad) == ("/data/phoenix", [224, 224], True)
+    assert (args.task_index, args.num_tasks, args.finalize) == (None, None, False)
+
+
+SHARD_ARRAY_CASES = {  # SLURM's variables for one array task -> (task index, num tasks)
+    "default-array": ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "0",
+                       "SLURM_ARRAY_TASK_MAX": "7"}, (3, 8)),
+    "no-task-count": ({"SLURM_ARRAY_TASK_ID": "31", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "31"}, (31, 32)),
+    "rerun-some-tasks": ({"SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "5",
+                          "SLURM_ARRAY_TASK_MAX": "17", "NUM_TASKS": "32"}, (17, 32)),
+}
+
+
+@pytest.mark.parametrize("case", SHARD_ARRAY_CASES)
+def test_shard_array_task_flags_are_accepted(case, dirs):
+    from sharded_data import write
+    env, expected = SHARD_ARRAY_CASES[case]
+    _, programs = dry_run("shard.sh", {**env, "SLURM_CPUS_PER_TASK": "16", "MANIFEST": "corpus.tsv",
+                                       "OUT": str(dirs / "shards"), "VIDEO_FORMAT": "npy", "EXTRA_ARGS": "--skip-bad"})
+    args = write.parse_args(programs[0][2:])             # argparse also checks 0 <= I < N
+    assert (args.task_index, args.num_tasks) == expected
+    assert (args.workers, args.manifest, args.video_format, args.skip_bad) == (16, "corpus.tsv", "npy", True)
+
+
+def test_shard_rerun_without_num_tasks_is_refused():
+    """--array=5,17 alone would make them tasks 5 and 17 "of 2": the script asks for the array's real size."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "NUM_TASKS"}
+    env = {**clean, "DRY_RUN": "1", "PHOENIX": "/data/phoenix", "OUT": "/data/shards", "SLURM_ARRAY_TASK_ID": "5",
+           "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_MAX": "17"}
+    result = subprocess.run(["bash", "slurm/shard.sh"], env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "PROGRAM_ARGV" not in result.stdout
+    assert "not 0..N-1" in result.stderr and "NUM_TASKS=N" in result.stderr
+
+
+def test_shard_finalize_builds_the_tasks_command(dirs):
+    """The finalize job writes no shard, and its settings flags are the array tasks' (the writer refuses others)."""
+    from sharded_data import write
+    assert sbatch_directives(REPO / "slurm" / "shard.sh")["array"] == "0-7"
+    finalize_options = sbatch_directives(REPO / "slurm" / "shard_finalize.sh")
+    assert "array" not in finalize_options and finalize_options["kill-on-invalid-dep"] == "yes"
+    knobs = {"CSL_DAILY": "/data/csl", "OUT": str(dirs / "shards"), "EXTRA_ARGS": "--resize 256 256 --skip-bad"}
+    _, tasks = dry_run("shard.sh", {**knobs, **SHARD_ARRAY_CASES["default-array"][0]})
+    _, finalize = dry_run("shard_finalize.sh", knobs)
+    args = write.parse_args(finalize[0][2:])
+    assert args.finalize and args.task_index is None and args.csl_daily == "/data/csl"
+    task_only = {"--workers", "--task-index", "--num-tasks"}
+    settings = [a for i, a in enumerate(tasks[0]) if a not in task_only and tasks[0][i - 1] not in task_only]
+    assert [a for a in finalize[0] if a != "--finalize"] == settings
 
 
 def test_export_flags_are_accepted(dirs):
