@@ -1,0 +1,147 @@
+"""The quality study's plan and report (benchmarks/bench_quality.py, benchmarks/quality_report.py).
+
+The study itself takes hours of CPU; here its plan is checked against the recipe's own parsers (every run
+it would start is a valid command line with the settings the arm claims) and its aggregation is run on a
+fabricated tree of finished runs, so neither can rot.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from recipe.config import FinetuneConfig, PretrainConfig, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))  # bench_quality imports quality_report as a sibling
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("bench_quality")
+report = _load("quality_report")
+
+
+def _args(tmp_path: Path, **changes) -> argparse.Namespace:
+    parser_defaults = dict(out=str(tmp_path / "study"), seeds=[0, 1, 2], corpora=["csl", "phoenix"],
+                           arms=list(bench.ARMS), train=320, eval_samples=80, pretrain_epochs=6, record_every=2,
+                           finetune_epochs=8, batch_size=16, num_beams=1, workers=2, report=False,
+                           results=str(tmp_path / "results"))
+    return argparse.Namespace(**{**parser_defaults, **changes})
+
+
+def _parse(job):
+    module, argv = job.command[2], job.command[3:]
+    return parse_config(PretrainConfig if module == "recipe.pretrain" else FinetuneConfig, argv)
+
+
+def test_every_planned_run_is_a_valid_command_with_the_arms_settings(tmp_path):
+    jobs = bench.plan_jobs(_args(tmp_path))
+    assert len(jobs) == 2 * 3 * (6 + 7)  # corpora x seeds x (6 pretrainings + 7 finetunings)
+    by_name = {j.name: j for j in jobs}
+    for job in jobs:
+        config = _parse(job)
+        corpus, seed, arm, stage = job.name.split("/")
+        assert config.seed == int(seed) and config.data.endswith(f"corpora/{corpus}")
+        if stage == "pretrain":
+            assert config.epochs == 6
+            assert config.negatives == ("random" if arm == "random" else "ps")
+            if arm != "random":
+                assert job.needs == [f"{corpus}/{seed}/random/pretrain"]
+                assert config.reference_run == str(by_name[job.needs[0]].out)
+        else:
+            # the same optimizer steps for every arm: translation only gets the pretraining epochs too
+            assert config.epochs == (14 if arm == "translation_only" else 8)
+            assert bool(config.init) == (arm != "translation_only")
+    settings = {j.name.split("/")[2]: _parse(j) for j in jobs if j.name.startswith("csl/0/") and "pretrain" in j.name}
+    assert settings["ps_last"].ps_score == "last" and settings["ps_log"].ps_score == "delta"
+    assert settings["ps_no_mask"].same_sentence == "negative" and settings["ps_log"].same_sentence == "mask"
+    assert settings["ps_easy"].curriculum == "easy" and settings["ps_hard"].curriculum == "hard"
+    assert settings["random"].record_trajectory_every == 2
+
+
+def test_main_arms_of_every_seed_come_before_the_ablations(tmp_path):
+    arms = [j.arm for j in bench.plan_jobs(_args(tmp_path))]
+    last_main = max(i for i, a in enumerate(arms) if a in bench.MAIN_ARMS)
+    assert all(a in bench.MAIN_ARMS for a in arms[:last_main + 1])
+
+
+def test_an_ablation_alone_brings_its_reference_run(tmp_path):
+    names = [j.name for j in bench.plan_jobs(_args(tmp_path, arms=["ps_hard"], seeds=[1], corpora=["csl"]))]
+    assert names == ["csl/1/random/pretrain", "csl/1/ps_hard/pretrain", "csl/1/ps_hard/finetune"]
+
+
+def test_failed_run_skips_what_needs_it_and_finished_runs_are_not_rerun(tmp_path):
+    python = sys.executable
+    ok, bad = tmp_path / "ok", tmp_path / "bad"
+    for d in (ok, bad, tmp_path / "child", tmp_path / "done"):
+        d.mkdir()
+    (tmp_path / "done" / "study_done.json").write_text("{}")
+    jobs = [
+        bench.Job("c/0/a/pretrain", ok, [python, "-c", "pass"]),
+        bench.Job("c/0/b/pretrain", bad, [python, "-c", "raise SystemExit(1)"]),
+        bench.Job("c/0/b/finetune", tmp_path / "child", [python, "-c", "pass"], ["c/0/b/pretrain"]),
+        bench.Job("c/0/x/finetune", tmp_path / "done", [python, "-c", "raise SystemExit(1)"]),
+    ]
+    bench.run_jobs(jobs, workers=2, log_dir=tmp_path)
+    assert (ok / "study_done.json").exists()
+    assert not (bad / "study_done.json").exists() and not (tmp_path / "child" / "study_done.json").exists()
+
+
+def test_verdict_needs_every_seed_to_agree_and_to_beat_the_spread():
+    def results(random, ps):
+        return {"csl": {"random": {s: {"bleu4": v} for s, v in enumerate(random)},
+                        "ps_log": {s: {"bleu4": v} for s, v in enumerate(ps)}}}
+
+    clear = report.paired(results([10, 11, 12], [20, 21, 22]), "csl", "ps_log", "bleu4")
+    assert clear["mean"] == pytest.approx(10) and clear["beyond_spread"]
+    mixed = report.paired(results([10, 11, 12], [12, 13, 11.5]), "csl", "ps_log", "bleu4")
+    assert not mixed["beyond_spread"]  # one seed goes the other way
+    small = report.paired(results([10, 20, 30], [11, 21, 31]), "csl", "ps_log", "bleu4")
+    assert not small["beyond_spread"]  # same sign, but 1 point against a seed std of 10
+
+
+def _fake_run(root: Path, corpus: str, seed: int, arm: str, bleu4: float, r1: float) -> None:
+    runs = root / corpus / f"seed{seed}" / arm
+    (runs / "finetune" / "reports").mkdir(parents=True)
+    (runs / "finetune" / "study_done.json").write_text(json.dumps({"seconds": 60}))
+    metrics = {m: bleu4 + 10 for m in report.METRICS} | {"bleu4": bleu4}
+    (runs / "finetune" / "reports" / "test.json").write_text(json.dumps(metrics))
+    if arm != "translation_only":
+        (runs / "pretrain").mkdir()
+        (runs / "pretrain" / "study_done.json").write_text(json.dumps({"seconds": 30}))
+        (runs / "pretrain" / "metrics.jsonl").write_text(
+            json.dumps({"step": 1, "loss": 1.0}) + "\n"
+            + json.dumps({"step": 2, "eval": {"dev_v2t_r1": r1, "dev_t2v_r1": r1 + 1}}) + "\n")
+
+
+def test_report_tables_the_finished_runs_and_keeps_the_discussion(tmp_path):
+    args = _args(tmp_path, corpora=["csl"], arms=["translation_only", "random", "ps_log"], seeds=[0, 1])
+    root = Path(args.out)
+    for seed in (0, 1):
+        _fake_run(root, "csl", seed, "translation_only", 5.0 + seed, 0)
+        _fake_run(root, "csl", seed, "random", 20.0 + seed, 50.0)
+        _fake_run(root, "csl", seed, "ps_log", 30.0 + seed, 60.0 + seed)
+    results_dir = Path(args.results)
+    results_dir.mkdir()
+    (results_dir / "quality.md").write_text(f"old table\n{report.DISCUSSION_MARK}\nWhat it means, by a person.\n")
+    path = report.write_report(root, args, bench.plan_jobs(args), results_dir)
+    text = path.read_text()
+    assert "| **Pair Selection, log curriculum (SCL-SLT)** | 2 | " in text
+    assert "30.5 ± 0.7" in text  # ps_log BLEU-4 over seeds 0 and 1
+    assert "+10.0 (+10.0, +10.0) **beyond spread**" in text
+    assert "old table" not in text and text.endswith("\nWhat it means, by a person.\n")
+    assert (results_dir / "quality" / "quality_bleu4_r1.png").stat().st_size > 0
+    saved = json.loads((results_dir / "quality.json").read_text())
+    assert saved["results"]["csl"]["random"]["1"]["dev_v2t_r1"] == 50.0
+    assert "Runs not finished when this report was written: 0 of 10." in text  # only the arms asked for count
