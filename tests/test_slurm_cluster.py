@@ -9,7 +9,10 @@ slurm/lib/launch.sh (srun -> one torchrun per node), the code slurm/pretrain.sh 
    (SLURM_RESTART_COUNT=1) finishes;
 3. `sbatch slurm/pretrain.sh` trains on the cluster and leaves a checkpoint;
 4. a pretraining job signalled mid-run checkpoints, requeues, resumes and ends with the losses of an
-   uninterrupted run.
+   uninterrupted run;
+5. `sbatch --array=0-1 slurm/shard.sh` (task 0 signalled and requeued) then `slurm/shard_finalize.sh`
+   with afterok write the shards and indexes of a one-process write, byte for byte; a failed task
+   cancels the finalize job, and re-running that task alone (NUM_TASKS) then finalizing completes.
 Tests 3-4 need recipe/pretrain.py and sharded_data/synth.py and skip while they are missing.
 Jobs are polled with `scontrol show job` (`sbatch --wait` can report 30 s late).
 """
@@ -200,7 +203,7 @@ def test_usr1_reaches_workers_and_requeues(cluster, tmp_path):
     assert "got SIGUSR1" in text and "requeueing job" in text      # one log across both runs (append)
 
 
-@pytest.mark.parametrize("script", ["pretrain.sh", "finetune.sh", "shard.sh", "export.sh"])
+@pytest.mark.parametrize("script", ["pretrain.sh", "finetune.sh", "shard.sh", "shard_finalize.sh", "export.sh"])
 def test_sbatch_accepts_the_script(cluster, script):
     """SLURM itself validates the #SBATCH header (--test-only: nothing is submitted). This cluster has
     no GPUs and 2 CPUs per node, so those two requests are overridden on the command line."""
@@ -229,6 +232,95 @@ def test_pipeline_submits_a_dependency_chain(cluster, tmp_path):
         if job_ids:
             cluster.run("scancel", *job_ids, check=False)
         cluster.run("scontrol", "update", "PartitionName=debug", "State=UP")
+
+
+# ------------------------------------------------------------------------------ sharding as an array
+
+def _frame_folder_manifest(folder: Path, samples: int) -> Path:
+    """A manifest of PNG frame folders (the PHOENIX layout), small enough for seconds of writing."""
+    import numpy as np
+    from PIL import Image
+
+    rows = ["split\tid\tvideo\ttext"]
+    for i in range(samples):
+        clip = folder / "frames" / f"v{i}"
+        clip.mkdir(parents=True)
+        for t in range(4):
+            ramp = (np.arange(16)[None, :] * 8 + np.arange(16)[:, None] * 4 + t * 16 + i * 9) % 256
+            Image.fromarray(np.stack([ramp, 255 - ramp, ramp // 2], -1).astype(np.uint8)).save(clip / f"{t:04d}.png")
+        rows.append(f"{'dev' if i % 4 == 3 else 'train'}\tv{i}\tframes/v{i}\tsentence {i % 3}")
+    manifest = folder / "corpus.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+STALLED_PYTHON = """#!/bin/bash
+# slurm/shard.sh's PYTHON: the first run of array task 0 stalls until the test signals it
+if [ "$SLURM_ARRAY_TASK_ID" = 0 ] && [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then touch "$0.started"; sleep 120; fi
+exec %s "$@"
+"""
+
+
+def test_shard_array_then_finalize_write_what_one_process_writes(cluster, tmp_path):
+    """Task 0 is signalled (what --signal=B:USR1@60 does before the time limit) and requeued; the finalize
+    job (afterok) waits for its second run, and the result is byte for byte a one-process write's."""
+    manifest = _frame_folder_manifest(tmp_path, samples=8)
+    out, single = tmp_path / "array", tmp_path / "single"
+    python = tmp_path / "python.sh"
+    python.write_text(STALLED_PYTHON % sys.executable)
+    python.chmod(0o755)
+    knobs = {"MANIFEST": str(manifest), "OUT": str(out), "VIDEO_FORMAT": "npy", "EXTRA_ARGS": "--samples-per-shard 2"}
+    # this cluster has 4 CPUs per node: one writer per task
+    array = cluster.sbatch("--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/shard-%a.out", "slurm/shard.sh",
+                           env={**knobs, "PYTHON": str(python)})
+    log = tmp_path / "finalize.out"
+    final = cluster.sbatch(f"--dependency=afterok:{array}", f"--output={log}", "slurm/shard_finalize.sh", env=knobs)
+    cluster.wait_for(array, lambda i: Path(f"{python}.started").exists(), 60, "task 0 to start", log)
+    cluster.run("scancel", "--signal=USR1", "--batch", f"{array}_0")
+    info = cluster.wait_final(final, timeout=120, log=log)
+    task_logs = "\n".join(path.read_text() for path in sorted(tmp_path.glob("shard-*.out")))
+    assert info["JobState"] == "COMPLETED", log.read_text() + task_logs
+    assert cluster.job(f"{array}_0")["Restarts"] == "1" and "requeueing" in task_logs
+    for index in (0, 1):                                 # each task wrote its 2 of the 4 shards, no index
+        summary = re.search(r"^\{$.*^\}$", (tmp_path / f"shard-{index}.out").read_text(), re.M | re.S)
+        task = json.loads(summary.group(0))
+        assert (task["task_index"], task["num_tasks"], task["shards_written"]) == (index, 2, 2)
+
+    subprocess.run([sys.executable, "-m", "sharded_data.write", "--manifest", str(manifest), "--out", str(single),
+                    "--video-format", "npy", "--samples-per-shard", "2", "--workers", "1", "--no-progress"],
+                   cwd=REPO, check=True, capture_output=True, timeout=120)
+    written = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+               if p.is_file() and p.name != "tasks.json"}
+    expected = {p.relative_to(single).as_posix(): p.read_bytes() for p in sorted(single.rglob("*")) if p.is_file()}
+    assert sorted(written) == sorted(expected) and "index-train.json" in written
+    assert written == expected
+
+
+def test_shard_array_failed_task_cancels_finalize_and_a_rerun_of_it_completes(cluster, tmp_path):
+    """The recovery the script's header describes: the finalize job of a failed array is cancelled
+    (--kill-on-invalid-dep), the failed task is re-run alone with NUM_TASKS, and a new finalize completes."""
+    manifest = _frame_folder_manifest(tmp_path, samples=8)
+    frame = tmp_path / "frames" / "v4" / "0000.png"       # train shard 1 = plan position 1: task 1's
+    good = frame.read_bytes()
+    frame.write_bytes(b"not a png")
+    out = tmp_path / "array"
+    knobs = {"MANIFEST": str(manifest), "OUT": str(out), "VIDEO_FORMAT": "npy", "EXTRA_ARGS": "--samples-per-shard 2"}
+    array = cluster.sbatch("--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/shard-%a.out", "slurm/shard.sh",
+                           env=knobs)
+    log = tmp_path / "finalize.out"
+    final = cluster.sbatch(f"--dependency=afterok:{array}", f"--output={log}", "slurm/shard_finalize.sh", env=knobs)
+    info = cluster.wait_final(final, timeout=120, log=tmp_path / "shard-1.out")
+    assert info["JobState"] == "CANCELLED" and not log.exists(), info
+    assert "v4" in (tmp_path / "shard-1.out").read_text()   # the failed task's log names the bad video
+    assert not list(out.glob("index-*.json"))
+
+    frame.write_bytes(good)
+    rerun = cluster.sbatch("--array=1", "--cpus-per-task=1", f"--output={tmp_path}/rerun-%a.out", "slurm/shard.sh",
+                           env={**knobs, "NUM_TASKS": "2"})
+    final = cluster.sbatch(f"--dependency=afterok:{rerun}", f"--output={log}", "slurm/shard_finalize.sh", env=knobs)
+    info = cluster.wait_final(final, timeout=120, log=log)
+    assert info["JobState"] == "COMPLETED", log.read_text() + (tmp_path / "rerun-1.out").read_text()
+    assert json.loads(re.search(r"^\{$.*^\}$", log.read_text(), re.M | re.S).group(0))["splits"]["train"]["samples"] == 6
 
 
 # ----------------------------------------------------------------------------- real pretraining
