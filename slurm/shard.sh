@@ -50,8 +50,8 @@ if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
   # re-run of some tasks (--array=5,17) is not.
   size=${SLURM_ARRAY_TASK_COUNT:-$(( ${SLURM_ARRAY_TASK_MAX:?} + 1 ))}
   if [ -z "${NUM_TASKS:-}" ]; then
-    if [ "${SLURM_ARRAY_TASK_MIN:-0}" != 0 ] || [ "$size" != $(( ${SLURM_ARRAY_TASK_MAX:?} + 1 )) ]; then
-      echo "ERROR: this array (tasks ${SLURM_ARRAY_TASK_MIN:-?}..$SLURM_ARRAY_TASK_MAX, $size of them) is not" \
+    if [ "${SLURM_ARRAY_TASK_MIN:-0}" != 0 ] || [ "${SLURM_ARRAY_TASK_MAX:-$((size - 1))}" != $((size - 1)) ]; then
+      echo "ERROR: this array (tasks ${SLURM_ARRAY_TASK_MIN:-?}..${SLURM_ARRAY_TASK_MAX:-?}, $size of them) is not" \
            "0..N-1. To re-run some tasks of an N-task array, give N: NUM_TASKS=N sbatch --array=... slurm/shard.sh" >&2
       exit 1
     fi
