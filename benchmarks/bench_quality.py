@@ -13,6 +13,8 @@ Arms, each trained with every seed (the seed sets model init, sampling and augme
   ps_last           ablation: score from the last reference checkpoint only (no trajectory)
   ps_no_mask        ablation: same-sentence masking off (another signer's video of the sentence is a negative)
   ps_easy, ps_hard  ablation: easy-only / hard-only curricula
+  ps_batches_only   ablation: curriculum batches, but the mask keeps every negative (--ps-keep-fraction 1.0),
+                    which separates what the batch construction does from what dropping negatives does
 Every contrastive arm pretrains for the same epochs and finetunes for the same epochs; the PS arms also need
 the reference run (the random arm of the same seed), a cost the table states rather than hides.
 
@@ -46,6 +48,7 @@ PS_ARMS = {
     "ps_no_mask": ["--curriculum", "log", "--same-sentence", "negative"],
     "ps_easy": ["--curriculum", "easy"],
     "ps_hard": ["--curriculum", "hard"],
+    "ps_batches_only": ["--curriculum", "log", "--ps-keep-fraction", "1.0"],
 }
 MAIN_ARMS = ("translation_only", "random", "ps_log")
 ARMS = (*MAIN_ARMS, *[a for a in PS_ARMS if a not in MAIN_ARMS])

@@ -34,6 +34,7 @@ ARM_TITLES = {
     "ps_no_mask": "PS, same-sentence masking off",
     "ps_easy": "PS, easy-only curriculum",
     "ps_hard": "PS, hard-only curriculum",
+    "ps_batches_only": "PS batches, every negative kept",
 }
 
 

@@ -75,6 +75,9 @@ class PretrainConfig(TrainConfig):
     ps_score: str = option("delta", "Pair Selection score", choices=("delta", "mean", "slope", "var", "last"))
     ps_pool_size: int = option(512, "candidates drawn per batch for the greedy builder (0 = all remaining samples: "
                                     "exact, but ~70 CPU s per epoch at 18k samples)")
+    ps_keep_fraction: float = option(0.5, "share of each sample's negatives the Pair Selection mask keeps, a window "
+                                          "that slides from the easiest to the hardest with the curriculum "
+                                          "(1.0 = curriculum batches only; same-sentence pairs are always removed)")
     reference_run: str = option("", "reference run whose trajectories drive Pair Selection (--negatives ps)")
     record_trajectory_every: int = option(0, "embed the training split every k epochs (reference run); 0 = off")
     label_smoothing: float = option(0.2, "label smoothing of the translation loss")
@@ -132,6 +135,8 @@ def validate(config: TrainConfig) -> None:
     if isinstance(config, PretrainConfig):
         if config.negatives == "ps" and not config.reference_run:
             problems.append("--negatives ps needs --reference-run RUN (a run made with --record-trajectory-every k)")
+        if not 0.0 < config.ps_keep_fraction <= 1.0:
+            problems.append(f"--ps-keep-fraction must lie in (0, 1], got {config.ps_keep_fraction}")
         if config.micro_batch_size < 2 and config.negatives == "ps":
             problems.append("Pair Selection needs batches of at least 2 samples (--micro-batch-size)")
     if problems:

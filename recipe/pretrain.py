@@ -97,7 +97,8 @@ class PretrainingTask:
             scorer = PairScorer(trajectory, config.ps_score)
             self.sampler = CurriculumBatchSampler(scorer, global_batch, schedule, num_epochs=num_epochs,
                                                   seed=config.seed, pool_size=config.ps_pool_size or None)
-            self.selection = PairSelectionMask(scorer, schedule, num_epochs=num_epochs)
+            self.selection = PairSelectionMask(scorer, schedule, num_epochs=num_epochs,
+                                               keep_fraction=config.ps_keep_fraction)
         else:
             self.sampler = RandomBatchSampler(self.index.sample_id, global_batch, seed=config.seed)
         self.loss_fn = ContrastiveLoss(similarity_kind=config.similarity, same_sentence=config.same_sentence)

@@ -227,6 +227,19 @@ def test_bad_configuration_is_refused_before_training(problem, shards, tmp_path,
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("fraction, accepted", [(0.0, False), (1.5, False), (1.0, True), (0.25, True)])
+def test_ps_keep_fraction_is_checked_before_any_compute(fraction, accepted, tmp_path):
+    from recipe.config import PretrainConfig, parse_config
+
+    argv = ["--data", "d", "--out", str(tmp_path), "--negatives", "ps", "--reference-run", "r",
+            "--ps-keep-fraction", str(fraction)]
+    if accepted:
+        assert parse_config(PretrainConfig, argv).ps_keep_fraction == fraction
+    else:
+        with pytest.raises(SystemExit, match="--ps-keep-fraction must lie in"):
+            parse_config(PretrainConfig, argv)
+
+
 @pytest.mark.slow
 def test_pair_selection_pretraining_on_two_ranks(reference_run, shards, tmp_path):
     run = tmp_path / "scl"

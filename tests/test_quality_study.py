@@ -47,7 +47,7 @@ def _parse(job):
 
 def test_every_planned_run_is_a_valid_command_with_the_arms_settings(tmp_path):
     jobs = bench.plan_jobs(_args(tmp_path))
-    assert len(jobs) == 2 * 3 * (6 + 7)  # corpora x seeds x (6 pretrainings + 7 finetunings)
+    assert len(jobs) == 2 * 3 * (7 + 8)  # corpora x seeds x (7 pretrainings + 8 finetunings)
     by_name = {j.name: j for j in jobs}
     for job in jobs:
         config = _parse(job)
@@ -68,6 +68,7 @@ def test_every_planned_run_is_a_valid_command_with_the_arms_settings(tmp_path):
     assert settings["ps_no_mask"].same_sentence == "negative" and settings["ps_log"].same_sentence == "mask"
     assert settings["ps_easy"].curriculum == "easy" and settings["ps_hard"].curriculum == "hard"
     assert settings["random"].record_trajectory_every == 2
+    assert settings["ps_batches_only"].ps_keep_fraction == 1.0 and settings["ps_log"].ps_keep_fraction == 0.5
 
 
 def test_main_arms_of_every_seed_come_before_the_ablations(tmp_path):
