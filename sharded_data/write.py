@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import sys
 import tarfile
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -354,9 +353,9 @@ def _check_settings(out_dir: Path, settings: WriteSettings) -> None:
 def _write_json_shared(path: Path, data: dict, exclusive: bool = False) -> None:
     """Write JSON atomically where several tasks, on several machines (a pid is no unique name), may write it
     at once. exclusive: keep the file if it exists (os.link never replaces), so only the first writer's stays."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "w", encoding="utf-8") as handle:  # unique among live writers; a dead one's is replaced
             handle.write(json.dumps(data, ensure_ascii=False, indent=1))  # the bytes write_json_atomic writes
         if exclusive:
             try:
@@ -366,7 +365,7 @@ def _write_json_shared(path: Path, data: dict, exclusive: bool = False) -> None:
         else:
             os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _forget_unfinished(out_dir: Path, owned: list[ShardTask] | None = None) -> None:
@@ -375,7 +374,7 @@ def _forget_unfinished(out_dir: Path, owned: list[ShardTask] | None = None) -> N
     progress_dir = out_dir / PROGRESS_DIR
     leftovers = [*out_dir.glob(".*.tmp-*"), *progress_dir.glob(".*.tmp-*")]
     if owned is not None:
-        # `.NAME.tmp-PID` (a tar or its sidecar being written) or `.NAME.tmp-RANDOM` (_write_json_shared)
+        # `.NAME.tmp-PID` (a tar or its sidecar being written) or `.NAME.tmp-HOST-PID` (_write_json_shared)
         mine = {f".{name}" for task in owned for name in (task.name, _sidecar_path(out_dir, task.name).name)}
         leftovers = [path for path in leftovers if path.name.rsplit(".tmp-", 1)[0] in mine]
     for stale in [*out_dir.glob("index-*.json"), corpus_path(out_dir), *leftovers]:
