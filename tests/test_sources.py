@@ -78,6 +78,22 @@ def test_manifest_with_real_clips_in_two_codecs(tmp_path):
     assert json.loads(corpus_path(out).read_text())["fps"] is None  # 30, 29.97 and 25 fps mixed
 
 
+@pytest.mark.parametrize("clip", ["autsl_signer0_sample1000_color.mp4", "poseformat_test_video.mp4"])
+def test_fast_rgb_conversion_is_bit_identical_to_pyav_per_frame(clip):
+    """decode_rgb_frames reuses one swscale context per video; the pixels must be those of the plain per-frame call."""
+    import av
+
+    from sharded_data.format import decode_rgb_frames, read_video_file
+
+    path = need_media() / clip
+    with av.open(str(path)) as container:
+        plain = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+    with av.open(str(path)) as container:
+        fast = np.stack(decode_rgb_frames(container, container.streams.video[0]))
+    np.testing.assert_array_equal(fast, plain)
+    np.testing.assert_array_equal(read_video_file(path), plain)
+
+
 def test_jsonl_manifest_and_mp4_resize_of_a_real_clip(tmp_path):
     media = need_media()
     manifest = tmp_path / "m.jsonl"
