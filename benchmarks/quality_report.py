@@ -23,6 +23,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from negative_overlap import markdown as markdown_overlaps
+
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "chrf")
 RETRIEVAL = ("dev_v2t_r1", "dev_t2v_r1")
 DISCUSSION_MARK = "<!-- discussion -->"
@@ -119,6 +121,19 @@ def trajectory_tables(root: Path, corpora: list[str], seeds: list[int], out: Pat
     return tables
 
 
+def negative_overlaps(root: Path, corpora: list[str], seed: int, args) -> dict:
+    """benchmarks/negative_overlap.py on each corpus's reference run of `seed`: which negatives PS picks."""
+    from negative_overlap import analyse  # a sibling script, like this one
+
+    found = {}
+    for corpus in corpora:
+        reference = root / corpus / f"seed{seed}" / "random" / "pretrain"
+        if (reference / "study_done.json").exists() and any(reference.glob("trajectories/ref-*")):
+            found[f"{corpus} (seed {seed})"] = analyse(str(reference), str(root / "corpora" / corpus),
+                                                       args.pretrain_epochs, args.batch_size, seed)
+    return found
+
+
 def plot(results: dict, arms: list[str], path: Path) -> None:
     import matplotlib
 
@@ -151,6 +166,7 @@ def write_report(root: Path, args, jobs: list, results_dir: Path) -> Path:
     arms = [a for a in ARM_TITLES if a in args.arms]
     results = collect(root, args.corpora, args.seeds, arms)
     tables = trajectory_tables(root, args.corpora, args.seeds, plots)
+    overlaps = negative_overlaps(root, args.corpora, args.seeds[0], args)
     if results:
         plot(results, arms, plots / "quality_bleu4_r1.png")
 
@@ -207,6 +223,14 @@ def write_report(root: Path, args, jobs: list, results_dir: Path) -> Path:
                 lines.append(f"| {corpus} | {mode} | " + " | ".join(fmt(shares[c]) + "%" for c in shares) + " |")
         lines += ["| paper (PHOENIX-2014T) | | 36% | 32% | 18% | | |", ""]
 
+    if overlaps:
+        lines += ["## Which negatives Pair Selection picks", "",
+                  "Word overlap of the two sentences of a negative pair: word Jaccard / share of pairs at most one word "
+                  "apart (`python benchmarks/negative_overlap.py REFERENCE_RUN CORPUS`). PS score = delta of the "
+                  "reference run; in-batch pairs: the batches the samplers build at that epoch of a "
+                  f"{args.pretrain_epochs}-epoch run with global batch {args.batch_size}, and the pairs the loss mask "
+                  "keeps (keep fraction 0.5, log curriculum).", "", *markdown_overlaps(overlaps), ""]
+
     if results:
         lines += ["## Plots", "", "![BLEU-4 and R@1 per arm](quality/quality_bleu4_r1.png)", ""]
         lines += [f"![{p.stem}](quality/{p.name})" for p in sorted(plots.glob("trajectories_*.png"))] + [""]
@@ -221,7 +245,8 @@ def write_report(root: Path, args, jobs: list, results_dir: Path) -> Path:
         discussion = report.read_text().split(DISCUSSION_MARK, 1)[1]
     report.write_text("\n".join(lines) + f"\n{DISCUSSION_MARK}{discussion}")
     (results_dir / "quality.json").write_text(json.dumps(
-        {"settings": {k: v for k, v in vars(args).items()}, "results": results, "trajectories": tables},
+        {"settings": {k: v for k, v in vars(args).items()}, "results": results, "trajectories": tables,
+         "negative_overlap": overlaps},
         indent=1, default=str))
     print(f"report: {report}")
     return report

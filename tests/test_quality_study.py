@@ -146,3 +146,34 @@ def test_report_tables_the_finished_runs_and_keeps_the_discussion(tmp_path):
     saved = json.loads((results_dir / "quality.json").read_text())
     assert saved["results"]["csl"]["random"]["1"]["dev_v2t_r1"] == 50.0
     assert "Runs not finished when this report was written: 0 of 10." in text  # only the arms asked for count
+
+
+def test_negative_overlap_finds_the_near_paraphrases_that_pair_selection_ranks_hardest(monkeypatch):
+    overlap = _load("negative_overlap")
+    jaccard, one_apart = overlap.overlap_matrices(["rain in the north", "rain in the south", "sun all day"])
+    assert one_apart[0, 1] and not one_apart[0, 2] and jaccard[0, 1] == pytest.approx(3 / 5) and jaccard[0, 2] == 0
+
+    # 20 samples, one sentence each; sample i and i + 10 are one word apart. At the last reference checkpoint
+    # exactly those pairs became similar (delta = 1), every other negative pair stayed orthogonal (delta = 0).
+    import torch
+
+    from recipe.trajectory_store import Trajectory
+
+    n, groups = 20, 10
+    texts = [f"w{i % groups} a{i % groups} b{i % groups} {'north' if i < groups else 'south'}" for i in range(n)]
+    first = torch.eye(n, 32)
+    last = torch.nn.functional.one_hot(torch.arange(n) % groups, 32).float()
+    embeddings = torch.stack([first, last]).half()
+    trajectory = Trajectory(epochs=[1, 2], sample_ids=torch.arange(n), sentence_ids=torch.arange(n),
+                            video=embeddings, text=embeddings, paths=[Path("ref/ref-1"), Path("ref/ref-2")])
+    monkeypatch.setattr(overlap, "load_trajectory", lambda run, load_tokens: trajectory)
+    monkeypatch.setattr(overlap, "load_index", lambda corpus, split: argparse.Namespace(sample_id=list(range(n)), text=texts))
+    result = overlap.analyse("ref", "corpus", epochs=3, batch_size=4, seed=0)
+
+    quintiles = result["by PS score quintile"]
+    assert quintiles["5 hardest"]["one_word_apart"] == pytest.approx(n / quintiles["5 hardest"]["pairs"])  # 20 ordered partner pairs
+    assert all(quintiles[q]["one_word_apart"] == 0 for q in ("1 easiest", "2", "3", "4"))
+    assert result["all negatives"]["pairs"] == n * (n - 1)
+    last_epoch = result["in-batch"]["epoch 2 (alpha 1.00)"]
+    assert last_epoch["PS batches"]["one_word_apart"] > last_epoch["random batches"]["one_word_apart"]
+    assert "| PS score quintile 5 hardest |" in "\n".join(overlap.markdown({"run": result}))
