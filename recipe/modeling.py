@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import field
 from pathlib import Path
@@ -41,6 +42,11 @@ from transformers.models.mbart.modeling_mbart import MBartDecoder, MBartEncoder
 from recipe.features import ContrastiveFeatures
 from recipe.lora import apply_lora, has_lora, merge_lora
 from recipe.sign_encoder import SignEncoder, VisualEncoderOutput
+
+# transformers 5.24 renamed the decoder's key/value cache from `past_key_values` to `cache` (in generate, in
+# MBartDecoder.forward and in the output classes). A model that reads only the old name silently decodes
+# every step without its prefix under 5.24, so the cache travels under the name the installed version uses.
+CACHE_ARG = "cache" if "cache" in inspect.signature(MBartDecoder.forward).parameters else "past_key_values"
 
 
 class SignTranslationConfig(PreTrainedConfig):
@@ -296,13 +302,16 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         past_key_values=None,
         use_cache: bool | None = None,
+        cache=None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Translation logits; `loss` = label-smoothed cross-entropy when `labels` (-100 = ignore) are given.
 
         `attention_mask` is the visual token mask; it defaults to the one the sign encoder returns
-        (`generate` passes both back in after expanding them for beam search).
+        (`generate` passes both back in after expanding them for beam search). The decoder's key/value cache
+        comes as `cache` (transformers >= 5.24) or `past_key_values` (earlier): see CACHE_ARG.
         """
+        cache = cache if cache is not None else past_key_values
         if encoder_outputs is None:
             if frames is None or frame_mask is None:
                 raise ValueError("forward needs frames and frame_mask (or encoder_outputs from the sign encoder)")
@@ -320,8 +329,8 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
             use_cache=use_cache,
+            **{CACHE_ARG: cache},
         )
         logits = self.lm_head(decoded.last_hidden_state) + self.final_logits_bias.to(decoded.last_hidden_state.dtype)
         loss = None
@@ -335,8 +344,8 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=decoded.past_key_values,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            **{CACHE_ARG: getattr(decoded, CACHE_ARG)},
         )
 
     # -- LoRA and pretrained mBART ----------------------------------------------------------------
