@@ -32,7 +32,7 @@ def test_bench_training_smoke(tmp_path):
         env.pop(var, None)
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_training.py"), "--smoke",
                            "--work", str(tmp_path / "work"), "--json", str(results)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "PS/random step time" in done.stdout
     mask_rows = re.findall(r"^\| (pooled|token) \| ([\d.]+) \| ([\d.]+) \|$", done.stdout, flags=re.M)
