@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping
 
@@ -218,6 +219,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+STALE_LOCK_SECONDS = 600  # the CPU communication op builds in ~30 s; a lock this old outlived its build
+
+
+def stale_extension_locks(max_age_s: float = STALE_LOCK_SECONDS, now: float | None = None) -> list[str]:
+    """Build locks of torch JIT extensions (DeepSpeed's `deepspeed_shm_comm` on CPU) older than max_age_s.
+
+    torch creates `<extension>/lock` while it compiles and removes it afterwards; a process killed during
+    the build leaves it behind, and every later process waits on it forever without a word.
+    """
+    import glob
+    import time
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+    now = time.time() if now is None else now
+    locks = glob.glob(os.path.join(root, "*", "lock")) + glob.glob(os.path.join(root, "*", "*", "lock"))
+    return sorted(path for path in locks if now - os.path.getmtime(path) > max_age_s)
+
+
 def init_distributed(env: DistEnv | None = None, backend: str | None = None) -> DistEnv:
     """Create the default process group through DeepSpeed (gloo on CPU, nccl on CUDA).
 
@@ -235,6 +254,11 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None) -> 
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if env.local_rank == 0:
+            for lock in stale_extension_locks():
+                print(f"warning: {lock} is older than {STALE_LOCK_SECONDS // 60} minutes: left by a build that was "
+                      "interrupted, DeepSpeed will wait on it forever. If no other process on this machine is "
+                      f"compiling, remove it (rm {lock}) and start again.", file=sys.stderr, flush=True)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return env
 

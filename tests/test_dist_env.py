@@ -128,3 +128,13 @@ def test_print0_is_main_and_barrier_on_two_ranks():
     assert [r["is_main"] for r in results] == [True, False]
     assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
     assert [r["env"].rank for r in results] == [0, 1] and results[0]["env"].launcher == "env"
+def test_a_build_lock_left_by_an_interrupted_compile_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    for name, age in (("py311_cpu/deepspeed_shm_comm", 3600), ("fresh_build", 30)):
+        (tmp_path / name).mkdir(parents=True)
+        lock = tmp_path / name / "lock"
+        lock.touch()
+        os.utime(lock, (1_000_000 - age, 1_000_000 - age))
+    assert rdist.stale_extension_locks(now=1_000_000) == [str(tmp_path / "py311_cpu/deepspeed_shm_comm/lock")]
+    assert rdist.stale_extension_locks(max_age_s=10, now=1_000_000) == sorted(
+        [str(tmp_path / "py311_cpu/deepspeed_shm_comm/lock"), str(tmp_path / "fresh_build/lock")])
