@@ -15,6 +15,10 @@ Arms, each trained with every seed (the seed sets model init, sampling and augme
   ps_easy, ps_hard  ablation: easy-only / hard-only curricula
   ps_batches_only   ablation: curriculum batches, but the mask keeps every negative (--ps-keep-fraction 1.0),
                     which separates what the batch construction does from what dropping negatives does
+  random_contrastive, ps_log_contrastive
+                    random and ps_log with a purely contrastive pretraining (--translation-weight 0, as in
+                    GFSLT-VLP's stage 1): separates what PS batches do to the contrastive objective from what
+                    they do to the translation loss trained on the same batches
 Every contrastive arm pretrains for the same epochs and finetunes for the same epochs; the PS arms also need
 the reference run (the random arm of the same seed), a cost the table states rather than hides.
 
@@ -49,9 +53,11 @@ PS_ARMS = {
     "ps_easy": ["--curriculum", "easy"],
     "ps_hard": ["--curriculum", "hard"],
     "ps_batches_only": ["--curriculum", "log", "--ps-keep-fraction", "1.0"],
+    "ps_log_contrastive": ["--curriculum", "log", "--translation-weight", "0"],
 }
+RANDOM_ARMS = {"random_contrastive": ["--translation-weight", "0"]}  # besides `random`, the reference run
 MAIN_ARMS = ("translation_only", "random", "ps_log")
-ARMS = (*MAIN_ARMS, *[a for a in PS_ARMS if a not in MAIN_ARMS])
+ARMS = (*MAIN_ARMS, *[a for a in PS_ARMS if a not in MAIN_ARMS], *RANDOM_ARMS)
 
 
 @dataclass
@@ -102,6 +108,10 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                         python, "-m", "recipe.pretrain", *common, "--out", str(pretrained), "--epochs",
                         str(args.pretrain_epochs), "--negatives", "random",
                         "--record-trajectory-every", str(args.record_every)]))
+                elif arm in RANDOM_ARMS:
+                    jobs.append(Job(f"{corpus}/{seed}/{arm}/pretrain", pretrained, [
+                        python, "-m", "recipe.pretrain", *common, "--out", str(pretrained), "--epochs",
+                        str(args.pretrain_epochs), "--negatives", "random", *RANDOM_ARMS[arm]]))
                 elif arm in PS_ARMS:
                     jobs.append(Job(f"{corpus}/{seed}/{arm}/pretrain", pretrained, [
                         python, "-m", "recipe.pretrain", *common, "--out", str(pretrained), "--epochs",

@@ -37,6 +37,8 @@ ARM_TITLES = {
     "ps_easy": "PS, easy-only curriculum",
     "ps_hard": "PS, hard-only curriculum",
     "ps_batches_only": "PS batches, every negative kept",
+    "random_contrastive": "random negatives, contrastive-only pretraining",
+    "ps_log_contrastive": "PS log, contrastive-only pretraining",
 }
 
 

@@ -47,7 +47,7 @@ def _parse(job):
 
 def test_every_planned_run_is_a_valid_command_with_the_arms_settings(tmp_path):
     jobs = bench.plan_jobs(_args(tmp_path))
-    assert len(jobs) == 2 * 3 * (7 + 8)  # corpora x seeds x (7 pretrainings + 8 finetunings)
+    assert len(jobs) == 2 * 3 * (9 + 10)  # corpora x seeds x (9 pretrainings + 10 finetunings)
     by_name = {j.name: j for j in jobs}
     for job in jobs:
         config = _parse(job)
@@ -55,8 +55,9 @@ def test_every_planned_run_is_a_valid_command_with_the_arms_settings(tmp_path):
         assert config.seed == int(seed) and config.data.endswith(f"corpora/{corpus}")
         if stage == "pretrain":
             assert config.epochs == 6
-            assert config.negatives == ("random" if arm == "random" else "ps")
-            if arm != "random":
+            assert config.negatives == ("random" if arm.startswith("random") else "ps")
+            assert config.translation_weight == (0.0 if arm.endswith("_contrastive") else 1.0)
+            if not arm.startswith("random"):
                 assert job.needs == [f"{corpus}/{seed}/random/pretrain"]
                 assert config.reference_run == str(by_name[job.needs[0]].out)
         else:
