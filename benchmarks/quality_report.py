@@ -23,6 +23,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
+from negative_overlap import analyse as analyse_overlaps
 from negative_overlap import markdown as markdown_overlaps
 
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "chrf")
@@ -125,13 +126,11 @@ def trajectory_tables(root: Path, corpora: list[str], seeds: list[int], out: Pat
 
 def negative_overlaps(root: Path, corpora: list[str], seed: int, args) -> dict:
     """benchmarks/negative_overlap.py on each corpus's reference run of `seed`: which negatives PS picks."""
-    from negative_overlap import analyse  # a sibling script, like this one
-
     found = {}
     for corpus in corpora:
         reference = root / corpus / f"seed{seed}" / "random" / "pretrain"
         if (reference / "study_done.json").exists() and any(reference.glob("trajectories/ref-*")):
-            found[f"{corpus} (seed {seed})"] = analyse(str(reference), str(root / "corpora" / corpus),
+            found[f"{corpus} (seed {seed})"] = analyse_overlaps(str(reference), str(root / "corpora" / corpus),
                                                        args.pretrain_epochs, args.batch_size, seed)
     return found
 
@@ -247,11 +246,19 @@ def write_report(root: Path, args, jobs: list, results_dir: Path) -> Path:
         discussion = report.read_text().split(DISCUSSION_MARK, 1)[1]
     report.write_text("\n".join(lines) + f"\n{DISCUSSION_MARK}{discussion}")
     (results_dir / "quality.json").write_text(json.dumps(
-        {"settings": {k: v for k, v in vars(args).items()}, "results": results, "trajectories": tables,
+        {"settings": {k: _portable(v) for k, v in vars(args).items()}, "results": results, "trajectories": tables,
          "negative_overlap": overlaps},
         indent=1, default=str))
     print(f"report: {report}")
     return report
+
+
+def _portable(value):
+    """Paths inside the repository as relative paths: the results file must not name this machine's checkout."""
+    if isinstance(value, str) and Path(value).is_absolute():
+        repo = Path(__file__).resolve().parents[1]
+        return str(Path(value).resolve().relative_to(repo)) if Path(value).resolve().is_relative_to(repo) else value
+    return value
 
 
 def _versions() -> str:
