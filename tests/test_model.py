@@ -377,3 +377,35 @@ def test_clip_mean_subtraction_removes_what_stays_still():
     assert torch.allclose(a, b, atol=1e-6)
     assert torch.equal(a[:, 5], torch.zeros_like(a[:, 5]))  # padding stays zero
     assert torch.allclose(a[:, :5].mean(1), torch.zeros(1, 3, 8, 8), atol=1e-6)
+
+
+def test_text_summary_last_moves_the_closing_token_to_position_zero_and_changes_only_cls():
+    """mBART-cc25 sentences end in their language code: with text_summary="last" the `cls` similarity reads
+    that token (found from the mask, whatever the length), and the token and mean similarities are unchanged.
+    (Broken variant tried: reading position 0 regardless, i.e. the first word piece.)"""
+    from recipe.similarity import similarity
+
+    first = tiny().eval()
+    last = tiny(text_summary="last").eval()
+    last.load_state_dict(first.state_dict())
+    frames, mask = clips([21, 32], total=32)
+    text = torch.tensor([[5, 9, 2, 30, 1, 1], [7, 8, 6, 11, 2, 30]])  # pieces </s> lang_code, padded
+    a = first.contrastive_features(frames, mask, text, text != 1)
+    b = last.contrastive_features(frames, mask, text, text != 1)
+    torch.testing.assert_close(b.text[:, 0], a.text[[0, 1], [3, 5]])  # the language code's features
+    assert torch.equal(b.text_mask, a.text_mask) and torch.equal(b.text[0, 4:], a.text[0, 4:])  # padding stays
+    for kind in ("token", "mean"):
+        torch.testing.assert_close(similarity(a.video, a.video_mask, b.text, b.text_mask, kind),
+                                   similarity(a.video, a.video_mask, a.text, a.text_mask, kind))
+    assert not torch.allclose(similarity(a.video, a.video_mask, b.text, b.text_mask, "cls"),
+                              similarity(a.video, a.video_mask, a.text, a.text_mask, "cls"))
+
+
+def test_generation_forces_the_target_language_first():
+    """mBART-50: decoding starts from </s> and the target language code is forced as the first generated
+    token, from the model's own generation config (no flag at the call)."""
+    model = tiny(forced_bos_token_id=17).eval()
+    frames, mask = clips([21, 32], total=32)
+    generated = model.generate(frames=frames, frame_mask=mask, num_beams=2, max_new_tokens=4)
+    assert generated[:, 0].tolist() == [2, 2] and generated[:, 1].tolist() == [17, 17]
+    assert tiny().generate(frames=frames, frame_mask=mask, num_beams=2, max_new_tokens=4)[:, 1].tolist() != [17, 17]
