@@ -226,6 +226,35 @@ def test_frames_reach_the_model_imagenet_normalised_on_every_path(shards, tmp_pa
     assert_imagenet_normalised(*spy.seen[0], where="recipe.translate")
 
 
+@pytest.mark.slow
+def test_mbart_cc25_layout_pretrain_finetune_export_in_process(shards, tmp_path):
+    """mBART-cc25 (MBartTokenizer, GFSLT-VLP's layout `pieces </s> lang_code`) through the whole recipe on one
+    rank: the languages come from the tokenizer directory (no flag), the decoder starts from the target code
+    (not the checkpoint config's </s>), `cls` reads the closing code, and the export generates `de_DE ...`."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from recipe import convert_to_hf, finetune, pretrain
+    from recipe.tokenizer import MBART_CC25
+    from sharded_data.format import load_index
+    from tests.conftest import run_main
+
+    directory = tmp_path / "mbart-cc25"
+    tokenizer = mbart_tokenizer(directory, list(load_index(str(shards), "train").text), MBART_CC25)
+    mbart_checkpoint(directory, tokenizer)
+    de = tokenizer.convert_tokens_to_ids("de_DE")
+    run_main(pretrain.main, train_args(shards, tmp_path / "pretrain", "--init-mbart", str(directory), "--similarity",
+                                       "cls", "--max-steps", "2", "--save-every", "2"))
+    config = json.loads((tmp_path / "pretrain" / "model_config" / "config.json").read_text())
+    assert (config["decoder_start_token_id"], config["forced_bos_token_id"], config["text_summary"]) == (de, None, "last")
+    run_main(finetune.main, train_args(shards, tmp_path / "finetune", "--init", str(tmp_path / "pretrain"),
+                                       "--max-steps", "2", "--save-every", "2", "--num-beams", "1", "--max-new-tokens", "4"))
+    hf_dir = convert_to_hf.main([str(tmp_path / "finetune"), "--out", str(tmp_path / "hf")])
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(hf_dir).eval()
+    frames, frame_mask = torch.randn(2, 8, 3, FRAME_SIZE, FRAME_SIZE), torch.ones(2, 8, dtype=torch.bool)
+    generated = reloaded.generate(frames=frames, frame_mask=frame_mask, num_beams=2, max_new_tokens=4)
+    assert generated[:, 0].tolist() == [de, de]
+
+
 # -- end to end: --init-mbart, LoRA in both places, ZeRO-2 and ZeRO-3, export, AutoModelForSeq2SeqLM ----------
 STEPS = 4
 
