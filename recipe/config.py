@@ -149,6 +149,10 @@ def validate(config: TrainConfig) -> None:
     unknown = sorted(set(lora_module_list(config)) - set(LORA_MODULES))
     if unknown:
         problems.append(f"--lora-modules: unknown {unknown}; choose from {','.join(LORA_MODULES)}")
+    mbart_tokenizer = config.tokenizer or config.init_mbart or (isinstance(config, FinetuneConfig) and config.init)
+    if (config.src_lang or config.tgt_lang) and not mbart_tokenizer:
+        problems.append("--src-lang/--tgt-lang name an mBART tokenizer's language codes: give --init-mbart DIR or "
+                        "--tokenizer DIR (the SentencePiece tokenizer trained here has none)")
     if isinstance(config, FinetuneConfig) and config.init and (config.init_resnet or config.init_mbart):
         problems.append("--init-resnet/--init-mbart start a new model; with --init RUN every weight comes from "
                         "that pretraining run: drop them")

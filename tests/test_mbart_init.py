@@ -123,6 +123,34 @@ def test_a_tokenizer_that_does_not_belong_to_the_mbart_is_refused(tmp_path, shar
         SignTranslationModel.from_mbart(tmp_path / "mbart", tiny_config(tokenizer, eos_token_id=5))
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--tgt-lang", "de_DE"], "--src-lang/--tgt-lang name an mBART tokenizer's language codes"),
+    (["--lora-modules", "visual,text"], "--lora-modules: unknown ['text']"),
+])
+def test_model_flags_are_checked_before_any_compute(argv, message, tmp_path):
+    from recipe.config import PretrainConfig, parse_config
+
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(PretrainConfig, ["--data", str(tmp_path), "--out", str(tmp_path / "run"), *argv])
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], []),  # nothing pretrained: LoRA on random weights cannot learn much, so everything trains fully
+    (["--init-mbart", "M"], ["visual", "decoder"]),  # the paper
+    (["--init-mbart", "M", "--init-visual", "random"], ["decoder"]),
+    (["--init-mbart", "M", "--lora-modules", "decoder"], ["decoder"]),
+    (["--init-mbart", "M", "--lora", "off"], []),
+    (["--lora", "on"], ["visual", "decoder"]),
+    (["--lora", "on", "--lora-modules", "decoder,visual"], ["visual", "decoder"]),
+])
+def test_which_components_get_lora(argv, expected, tmp_path):
+    from recipe.build import lora_modules_for, pretrained_components
+    from recipe.config import PretrainConfig, parse_config
+
+    config = parse_config(PretrainConfig, ["--data", str(tmp_path), "--out", str(tmp_path / "run"), *argv])
+    assert lora_modules_for(config, pretrained_components(config.init_mbart, config.init_visual)) == expected
+
+
 # -- ImageNet ResNet-18 and normalisation ----------------------------------------------------------------------
 def _torchvision_resnet18_file(path: Path) -> dict:
     """A file in torchvision's format (torch.save of resnet18().state_dict(), classifier included)."""
