@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from recipe.config import TrainConfig, to_dict
-from recipe.dist import DistEnv, barrier
+from recipe.config import TrainConfig, lora_module_list, to_dict
+from recipe.dist import DistEnv, barrier, print0
 from recipe.ds_config import resolve_ds_config
 from recipe.modeling import SignTranslationModel
 from recipe.presets import build_config
 from recipe.run_dir import RunDir
-from recipe.tokenizer import load_tokenizer, train_tokenizer
+from recipe.tokenizer import detect_convention, load_tokenizer, set_languages, train_tokenizer
 from sharded_data.reader import ReaderConfig, make_indexed_loader
 
 TOKENIZER_FILE = "tokenizer_config.json"
@@ -29,30 +29,72 @@ def prepare_tokenizer(config: TrainConfig, run: RunDir, train_texts: list[str], 
     """The run's tokenizer, kept in RUN/tokenizer so the run directory is self-describing.
 
     Taken, in order, from: the run itself (a resumed run), `source` (the tokenizer of the run this one
-    starts from), `--tokenizer DIR`, or trained here with SentencePiece on the training sentences.
+    starts from), `--tokenizer DIR`, the `--init-mbart` directory (its embedding rows are that tokenizer's
+    ids), or trained here with SentencePiece on the training sentences. An mBART tokenizer gets its
+    languages (`--src-lang/--tgt-lang`, or what its directory saved) before it is saved into the run.
     """
     target = run.tokenizer
     # Only rank 0 looks: a rank that starts late would otherwise see rank 0's fresh tokenizer, skip the
     # barrier, and pair every later collective with the wrong one (a hang).
     if _rank() == 0 and not (target / TOKENIZER_FILE).exists():
-        origin = source or config.tokenizer
-        if origin:
-            shutil.copytree(origin, target, dirs_exist_ok=True)
+        origin = source or config.tokenizer or config.init_mbart
+        if source:
+            shutil.copytree(source, target, dirs_exist_ok=True)
+            if config.src_lang or config.tgt_lang:
+                _save_with_languages(load_tokenizer(target), config, target, where=source)
+        elif origin:
+            if not _has_tokenizer(Path(origin)):
+                raise FileNotFoundError(f"{origin} holds no tokenizer (tokenizer.json, tokenizer_config.json or "
+                                        "sentencepiece.bpe.model): give the mBART's tokenizer with --tokenizer DIR")
+            _save_with_languages(load_tokenizer(origin), config, target, where=origin)
         else:
+            if config.src_lang or config.tgt_lang:
+                raise ValueError("--src-lang/--tgt-lang apply to mBART tokenizers (--tokenizer or --init-mbart), not "
+                                 "to the SentencePiece tokenizer trained here")
             train_tokenizer(train_texts, target, vocab_size=config.vocab_size,
                             character_level=config.character_level)
     barrier()
     return load_tokenizer(target)
 
 
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in ("tokenizer.json", TOKENIZER_FILE, "sentencepiece.bpe.model"))
+
+
+def _save_with_languages(tokenizer: Any, config: TrainConfig, target: Path, where: str) -> None:
+    set_languages(tokenizer, config.src_lang, config.tgt_lang, where=where)
+    tokenizer.save_pretrained(target)
+
+
 def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
-def model_config_for(config: TrainConfig, tokenizer: Any, label_smoothing: float, use_lora: bool | None = None):
-    """The network's config: the preset, sized to the tokenizer, with the run's LoRA and loss settings."""
+def pretrained_components(init_mbart: str, init_visual: str) -> set[str]:
+    """Which LoRA-able components start from pretrained weights."""
+    if not init_mbart:
+        return set()
+    return {"decoder", "visual"} if init_visual == "mbart" else {"decoder"}
+
+
+def lora_modules_for(config: TrainConfig, pretrained: set[str]) -> list[str]:
+    """The components that get LoRA: --lora-modules, all (on), none (off), or the pretrained ones (auto)."""
+    requested = lora_module_list(config)
+    if config.lora == "off":
+        return []
+    if config.lora == "on":
+        return requested
+    return [name for name in requested if name in pretrained]
+
+
+def model_config_for(config: TrainConfig, tokenizer: Any, label_smoothing: float):
+    """The network's config: the preset, sized to the tokenizer and following its convention, with the run's
+    LoRA and loss settings."""
+    lora_modules = lora_modules_for(config, pretrained_components(config.init_mbart, config.init_visual))
+    convention = detect_convention(tokenizer)
     overrides: dict[str, Any] = dict(
-        use_lora=(config.lora == "on" or (config.lora == "auto" and bool(config.init_mbart))) if use_lora is None else use_lora,
+        use_lora=bool(lora_modules),
+        lora_modules=lora_modules,
         lora_r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -60,8 +102,12 @@ def model_config_for(config: TrainConfig, tokenizer: Any, label_smoothing: float
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=convention.decoder_start_token_id,
+        forced_bos_token_id=convention.forced_bos_token_id,
+        text_summary=convention.text_summary,
     )
+    if config.init_resnet:
+        overrides["subtract_clip_mean"] = False  # ImageNet features expect natural (normalised) images
     if config.frame_size:
         overrides["frame_size"] = config.frame_size
     overrides["max_position_embeddings"] = max(config.max_text_tokens, 32)
@@ -70,11 +116,27 @@ def model_config_for(config: TrainConfig, tokenizer: Any, label_smoothing: float
     return build_config(config.preset, vocab_size=len(tokenizer), **overrides)
 
 
-def build_model(config: TrainConfig, tokenizer: Any, label_smoothing: float, use_lora: bool | None = None) -> SignTranslationModel:
-    model_config = model_config_for(config, tokenizer, label_smoothing, use_lora)
+def build_model(config: TrainConfig, tokenizer: Any, label_smoothing: float) -> SignTranslationModel:
+    """The network of a run that starts here: from the preset, or from --init-mbart; --init-resnet on top."""
+    model_config = model_config_for(config, tokenizer, label_smoothing)
     if config.init_mbart:
-        return SignTranslationModel.from_mbart(config.init_mbart, model_config)
-    return SignTranslationModel(model_config)
+        notes: list[str] = []
+        model = SignTranslationModel.from_mbart(config.init_mbart, model_config,
+                                                init_visual=config.init_visual == "mbart", notes=notes)
+        if model.config.vocab_size != len(tokenizer):
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but {config.init_mbart} has "
+                             f"{model.config.vocab_size} embedding rows: use the mBART's own tokenizer (trim both "
+                             "together with python -m recipe.vocab_trim)")
+        print0("\n".join(notes))
+    else:
+        model = SignTranslationModel(model_config)
+    if config.init_resnet:
+        model.sign_encoder.load_resnet18_weights(config.init_resnet)
+        print0(f"frame CNN from {config.init_resnet} (ImageNet ResNet-18; frames are ImageNet-normalised)")
+    adapted = model.config.lora_modules if model.config.use_lora else []
+    print0(f"LoRA on: {', '.join(adapted) or 'nothing'} (r={model.config.lora_r}, alpha={model.config.lora_alpha}); "
+           f"text encoder {'frozen' if model.config.freeze_text_encoder else 'trained'}")
+    return model
 
 
 def reader_config(config: TrainConfig, frame_size: int) -> ReaderConfig:

@@ -32,8 +32,19 @@ class TrainConfig:
     out: str = option("", "run directory: config, tokenizer, metrics, checkpoints; resumed if it has a checkpoint", required=True)
     deepspeed_config: str = option("ds_configs/zero2.json", "DeepSpeed JSON (batch fields are filled from this config)")
     preset: str = option("tiny", "model size", choices=("tiny", "base", "large"))
-    init_mbart: str = option("", "local mBART directory to initialise the text encoder and decoder from (no downloads)")
-    tokenizer: str = option("", "local tokenizer directory; default: train SentencePiece on the training sentences")
+    init_mbart: str = option("", "local mBART directory (e.g. mbart-large-50, vocabulary-trimmed) to start the text "
+                             "encoder, the decoder and (--init-visual) the visual transformer from; its tokenizer is "
+                             "the run's unless --tokenizer names one (no downloads)")
+    init_visual: str = option("mbart", "where the visual transformer starts when --init-mbart is given: mBART's "
+                              "encoder (the paper) or random", choices=("mbart", "random"))
+    init_resnet: str = option("", "torchvision resnet18 weights file (.pth state dict or .safetensors) for the frame "
+                              "CNN (presets base/large); frames are ImageNet-normalised on every path")
+    tokenizer: str = option("", "local tokenizer directory; default: the --init-mbart directory's, else "
+                            "SentencePiece trained on the training sentences")
+    src_lang: str = option("", "mBART tokenizers: language code of the sentences as the text encoder reads them "
+                           "(default: --tgt-lang)")
+    tgt_lang: str = option("", "mBART tokenizers: language code of the translations, e.g. de_DE (default: "
+                           "--src-lang, else what the tokenizer directory saved)")
     vocab_size: int = option(1000, "SentencePiece vocabulary size when the tokenizer is trained here")
     character_level: bool = option(False, "character-level tokenizer (Chinese)")
     epochs: int = option(10, "training epochs (ignored when --max-steps > 0)")
@@ -47,9 +58,12 @@ class TrainConfig:
     max_frames: int = option(128, "frames kept per video (uniform temporal sampling above this)")
     frame_size: int = option(0, "square frame side fed to the CNN; 0 = the preset's")
     max_text_tokens: int = option(64, "target tokens kept per sentence")
-    lora: str = option("auto", "decoder through LoRA: on, off (full finetuning), or auto = on exactly when the decoder "
-                       "starts from pretrained mBART weights (LoRA on a random decoder cannot learn much)",
-                       choices=("auto", "on", "off"))
+    lora: str = option("auto", "LoRA on the --lora-modules: on, off (full finetuning), or auto = on each of them "
+                       "exactly when it starts from pretrained mBART weights (LoRA on random weights cannot learn "
+                       "much)", choices=("auto", "on", "off"))
+    lora_modules: str = option("visual,decoder", "comma-separated components LoRA adapts: visual (the visual "
+                               "transformer), decoder (the paper: both); the frame CNN and temporal convolutions "
+                               "always train fully, the text encoder is frozen")
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")
     lora_dropout: float = option(0.1, "LoRA dropout")
@@ -132,6 +146,16 @@ def validate(config: TrainConfig) -> None:
         problems.append("give --epochs > 0 or --max-steps > 0")
     if config.keep_last < 1:
         problems.append("--keep-last must be >= 1 (the latest checkpoint is always kept)")
+    unknown = sorted(set(lora_module_list(config)) - set(LORA_MODULES))
+    if unknown:
+        problems.append(f"--lora-modules: unknown {unknown}; choose from {','.join(LORA_MODULES)}")
+    mbart_tokenizer = config.tokenizer or config.init_mbart or (isinstance(config, FinetuneConfig) and config.init)
+    if (config.src_lang or config.tgt_lang) and not mbart_tokenizer:
+        problems.append("--src-lang/--tgt-lang name an mBART tokenizer's language codes: give --init-mbart DIR or "
+                        "--tokenizer DIR (the SentencePiece tokenizer trained here has none)")
+    if isinstance(config, FinetuneConfig) and config.init and (config.init_resnet or config.init_mbart):
+        problems.append("--init-resnet/--init-mbart start a new model; with --init RUN every weight comes from "
+                        "that pretraining run: drop them")
     if isinstance(config, PretrainConfig):
         if config.negatives == "ps" and not config.reference_run:
             problems.append("--negatives ps needs --reference-run RUN (a run made with --record-trajectory-every k)")
@@ -141,6 +165,15 @@ def validate(config: TrainConfig) -> None:
             problems.append("Pair Selection needs batches of at least 2 samples (--micro-batch-size)")
     if problems:
         raise SystemExit("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+LORA_MODULES = ("visual", "decoder")  # recipe.modeling.LORA_MODULES (not imported: configs stay torch-free)
+
+
+def lora_module_list(config: TrainConfig) -> list[str]:
+    """--lora-modules as a list, in the canonical order."""
+    named = [name.strip() for name in config.lora_modules.split(",") if name.strip()]
+    return [name for name in LORA_MODULES if name in named] + [name for name in named if name not in LORA_MODULES]
 
 
 def to_dict(config: TrainConfig) -> dict:

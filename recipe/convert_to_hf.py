@@ -3,7 +3,7 @@
     python -m recipe.convert_to_hf RUN --out HF_DIR [--tag step-000120]
 
 Steps: ZeRO-1/2/3 checkpoint -> fp32 state dict (DeepSpeed's zero_to_fp32) -> the run's model (its
-`model_config/`) loaded strictly through one explicit key map -> LoRA merged into the decoder ->
+`model_config/`) loaded strictly through one explicit key map -> LoRA merged (visual transformer and decoder) ->
 `save_pretrained` (config, safetensors, generation config) + the run's tokenizer + a model card with the
 metrics and the training command. The tag defaults to the dev-best checkpoint of a finetuning run
 (`best.json`), else the newest. The converted directory is loaded back and its logits compared with the
