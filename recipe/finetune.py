@@ -83,7 +83,7 @@ class FinetuningTask:
 
     def __init__(self, config: FinetuneConfig, env: DistEnv, run: RunDir, tokenizer, frame_size: int) -> None:
         self.config, self.env, self.run, self.tokenizer = config, env, run, tokenizer
-        self.reader = reader_config(config, frame_size)
+        self.reader = reader_config(config, frame_size, env.local_world_size)
         index = load_index(config.data, "train")
         self.sampler = RandomBatchSampler(index.sample_id, config.micro_batch_size * env.world_size, seed=config.seed)
         self.epochs = SampledEpochs(config, env, self.sampler, self.reader)

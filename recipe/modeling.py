@@ -39,9 +39,11 @@ from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.models.mbart.modeling_mbart import MBartDecoder, MBartEncoder
 
+from recipe.attention import decoder_attn_implementation
 from recipe.features import ContrastiveFeatures
 from recipe.lora import apply_lora, has_lora, merge_lora
 from recipe.sign_encoder import SignEncoder, VisualEncoderOutput
+from recipe.similarity import normalize_tokens
 
 # transformers 5.24 renamed the decoder's key/value cache from `past_key_values` to `cache` (in generate, in
 # MBartDecoder.forward and in the output classes). A model that reads only the old name silently decodes
@@ -137,6 +139,12 @@ class SignTranslationConfig(PreTrainedConfig):
             attn_implementation=self._attn_implementation,
         )
 
+    def decoder_mbart_config(self) -> MBartConfig:
+        """The text config with the decoder's own attention kernel: never flash (see recipe.attention)."""
+        config = self.text_mbart_config()
+        config._attn_implementation = decoder_attn_implementation(self._attn_implementation)
+        return config
+
     def visual_mbart_config(self) -> MBartConfig:
         """The MBartConfig of the transformer over visual tokens (embeddings come in, no vocabulary)."""
         return MBartConfig(
@@ -192,7 +200,7 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
             subtract_clip_mean=config.subtract_clip_mean,
         )
         self.text_encoder = MBartEncoder(text_config)
-        self.decoder = MBartDecoder(text_config)
+        self.decoder = MBartDecoder(config.decoder_mbart_config())
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         # mBART checkpoints carry this (zeros); kept so they load by name and logits match mBART's.
         self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
@@ -241,6 +249,11 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         return self
 
     # -- Hugging Face plumbing ------------------------------------------------------------------------
+    def set_attn_implementation(self, attn_implementation) -> None:
+        """transformers' switch (it reaches every sub-model), then the decoder back off flash (recipe.attention)."""
+        super().set_attn_implementation(attn_implementation)
+        self.decoder.config._attn_implementation = decoder_attn_implementation(self.decoder.config._attn_implementation)
+
     def get_encoder(self, modality: str | None = None) -> SignEncoder:
         return self.sign_encoder
 
@@ -284,11 +297,9 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         if visual is None:
             visual = self.sign_encoder(frames, frame_mask)
         text_mask = text_mask.bool()
-        video = F.normalize(self.video_projection(visual.last_hidden_state), dim=-1)
-        text = F.normalize(self.text_projection(self.encode_text(text_ids, text_mask)), dim=-1)
-        # Padding tokens are exact zeros, so gathers that pad further across ranks look the same.
-        video = video * visual.attention_mask[..., None].to(video.dtype)
-        text = text * text_mask[..., None].to(text.dtype)
+        # fp32 from here on, whatever the model computes in (recipe.similarity.normalize_tokens says why).
+        video = normalize_tokens(self.video_projection(visual.last_hidden_state), visual.attention_mask)
+        text = normalize_tokens(self.text_projection(self.encode_text(text_ids, text_mask)), text_mask)
         return ContrastiveFeatures(video=video, video_mask=visual.attention_mask, text=text, text_mask=text_mask)
 
     def forward(

@@ -83,7 +83,7 @@ class PretrainingTask:
 
     def __init__(self, config: PretrainConfig, env: DistEnv, run: RunDir, tokenizer, frame_size: int) -> None:
         self.config, self.env, self.run, self.tokenizer = config, env, run, tokenizer
-        self.reader = reader_config(config, frame_size)
+        self.reader = reader_config(config, frame_size, env.local_world_size)
         self.index = load_index(config.data, "train")
         global_batch = config.micro_batch_size * env.world_size
         self.selection = None
@@ -120,8 +120,9 @@ class PretrainingTask:
         features, logit_scale, translation_loss = engine(frames, frame_mask, text.ids, text.mask, labels)
         if self.selection is not None:
             self.selection.set_progress(progress)
-        contrastive = self.loss_fn(features, logit_scale, batch["sample_ids"].to(engine.device),
-                                   batch["sentence_ids"].to(engine.device), selection=self.selection)
+        # Ids stay on the host: the loss gathers them between hosts and the PS mask looks them up there.
+        contrastive = self.loss_fn(features, logit_scale, batch["sample_ids"], batch["sentence_ids"],
+                                   selection=self.selection)
         loss = contrastive["loss"]
         metrics = {"contrastive_loss": contrastive["loss"].detach(), "temperature": 1.0 / logit_scale.detach().exp(),
                    "kept_negative_fraction": contrastive["kept_negative_fraction"]}
@@ -140,9 +141,11 @@ class PretrainingTask:
         sample_ids, sentence_ids, features = self.embed_split(engine, "dev")
         if self.env.rank != 0:
             return {}
-        scores = similarity(features.video, features.video_mask, features.text, features.text_mask,
-                            kind=self.config.similarity)
-        return {f"dev_{name}": value for name, value in recall_at_k(scores, sentence_ids).items()}
+        # On the GPU: the split's token similarity is the quadratic part (rank 0's CPU would take minutes).
+        device = engine.device
+        scores = similarity(features.video.to(device), features.video_mask.to(device), features.text.to(device),
+                            features.text_mask.to(device), kind=self.config.similarity)
+        return {f"dev_{name}": value for name, value in recall_at_k(scores, sentence_ids.to(device)).items()}
 
     def on_epoch_end(self, engine, epoch: int) -> None:
         k = self.config.record_trajectory_every
