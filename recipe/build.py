@@ -22,6 +22,7 @@ from recipe.ds_config import load_ds_config, resolve_ds_config
 from recipe.modeling import SignTranslationModel
 from recipe.presets import build_config
 from recipe.run_dir import RunDir
+from recipe.seeding import enable_tf32
 from recipe.tokenizer import load_tokenizer, train_tokenizer
 from sharded_data.reader import ReaderConfig, make_indexed_loader
 
@@ -137,6 +138,7 @@ def initialize_engine(config: TrainConfig, env: DistEnv, run: RunDir, module: nn
     if env.rank == 0:
         run.describe(to_dict(config), ds_config, env.world_size)
     barrier()
+    enable_tf32()
     trainable = [p for p in module.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
     return engine

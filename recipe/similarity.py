@@ -37,13 +37,13 @@ def normalize_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def exact_fp32(device: torch.device) -> Iterator[None]:
     """fp32 matmuls stay fp32 inside: no autocast to half precision, no TF32 (see the module docstring)."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    previous = torch.backends.cuda.matmul.allow_tf32  # the flag recipe.seeding.enable_tf32 turns on
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.autocast(device_type=device.type, enabled=False):
             yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 SIMILARITY_KINDS = ("token", "cls", "mean")
 
