@@ -158,6 +158,11 @@ def video_inputs(batch: dict, engine: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return frames, batch["frame_mask"].to(engine.device, non_blocking=True)
 
 
+def real_frame_count(batch: dict) -> int:
+    """Real frames in a batch, from its mask on the host: the model picks them without waiting for the GPU."""
+    return int(batch["frame_mask"].sum())
+
+
 def is_zero3(engine: Any) -> bool:
     return engine.zero_optimization_stage() == 3
 

@@ -26,7 +26,7 @@ import torch
 
 from recipe.checkpointing import step_tag
 from recipe.build import (SampledEpochs, build_model, engine_dtype, initialize_engine, is_zero3, last_checkpoint_state_dict,
-                          prepare_tokenizer, reader_config, video_inputs)
+                          prepare_tokenizer, reader_config, real_frame_count, video_inputs)
 from recipe.config import FinetuneConfig, build_parser as config_parser, parse_config
 from recipe.dist import DistEnv, init_distributed, print0, shutdown_distributed
 from recipe.evaluate import score_rows, translate_split, write_report
@@ -103,7 +103,7 @@ class FinetuningTask:
         frames, frame_mask = video_inputs(batch, engine)
         labels = tokenize_targets(self.tokenizer, batch["texts"], self.config.max_text_tokens).labels.to(engine.device)
         labels = labels.masked_fill(~batch["valid"].to(engine.device)[:, None], -100)
-        loss = engine(frames=frames, frame_mask=frame_mask, labels=labels).loss
+        loss = engine(frames=frames, frame_mask=frame_mask, labels=labels, num_real_frames=real_frame_count(batch)).loss
         return loss, {}
 
     def after_optimizer_step(self, engine) -> dict:

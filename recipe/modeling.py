@@ -314,6 +314,7 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         past_key_values=None,
         use_cache: bool | None = None,
         cache=None,
+        num_real_frames: int | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Translation logits; `loss` = label-smoothed cross-entropy when `labels` (-100 = ignore) are given.
@@ -321,12 +322,13 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         `attention_mask` is the visual token mask; it defaults to the one the sign encoder returns
         (`generate` passes both back in after expanding them for beam search). The decoder's key/value cache
         comes as `cache` (transformers >= 5.24) or `past_key_values` (earlier): see CACHE_ARG.
+        `num_real_frames`: see `SignEncoder.forward` (training passes it, so the step never waits for the GPU there).
         """
         cache = cache if cache is not None else past_key_values
         if encoder_outputs is None:
             if frames is None or frame_mask is None:
                 raise ValueError("forward needs frames and frame_mask (or encoder_outputs from the sign encoder)")
-            encoder_outputs = self.sign_encoder(frames, frame_mask)
+            encoder_outputs = self.sign_encoder(frames, frame_mask, num_real_frames=num_real_frames)
         if attention_mask is None:
             attention_mask = encoder_outputs.attention_mask
         if labels is not None:

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recipe.build import (SampledEpochs, build_model, initialize_engine, prepare_tokenizer, reader_config,
-                          video_inputs)
+                          real_frame_count, video_inputs)
 from recipe.config import PretrainConfig, build_parser as config_parser, parse_config
 from recipe.contrastive import ContrastiveLoss
 from recipe.curriculum import CurriculumSchedule
@@ -68,8 +68,8 @@ class PretrainingModule(nn.Module):
 
         deepspeed.zero.register_external_parameter(self, model.logit_scale)
 
-    def forward(self, frames, frame_mask, text_ids, text_mask, labels=None):
-        visual = self.model.sign_encoder(frames, frame_mask)
+    def forward(self, frames, frame_mask, text_ids, text_mask, labels=None, num_real_frames=None):
+        visual = self.model.sign_encoder(frames, frame_mask, num_real_frames=num_real_frames)
         features = self.model.contrastive_features(frames, frame_mask, text_ids, text_mask, visual=visual)
         translation_loss = None
         if labels is not None:
@@ -117,7 +117,8 @@ class PretrainingTask:
         frames, frame_mask = video_inputs(batch, engine)
         text = tokenize_targets(self.tokenizer, batch["texts"], self.config.max_text_tokens).to(engine.device)
         labels = text.labels.masked_fill(~batch["valid"].to(engine.device)[:, None], -100) if self.translation else None
-        features, logit_scale, translation_loss = engine(frames, frame_mask, text.ids, text.mask, labels)
+        features, logit_scale, translation_loss = engine(frames, frame_mask, text.ids, text.mask, labels,
+                                                         num_real_frames=real_frame_count(batch))
         if self.selection is not None:
             self.selection.set_progress(progress)
         # Ids stay on the host: the loss gathers them between hosts and the PS mask looks them up there.

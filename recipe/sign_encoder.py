@@ -205,7 +205,11 @@ class SignEncoder(nn.Module):
         # Visual tokens arrive as embeddings; a word-embedding table here would be dead weight.
         self.transformer.embed_tokens = None
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, **unused) -> VisualEncoderOutput:
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, num_real_frames: int | None = None,
+                **unused) -> VisualEncoderOutput:
+        """`num_real_frames` = frame_mask.sum(), counted on the host from the batch's CPU mask: the real frames are
+        then picked without waiting for the GPU (a boolean index must first learn how many there are). Without
+        it (generate, inference) they are picked by boolean indexing."""
         # `generate` passes output_attentions/return_dict etc.; the visual encoder has nothing to add.
         if frames.dim() != 5 or frame_mask.shape != frames.shape[:2]:
             raise ValueError(
@@ -215,9 +219,14 @@ class SignEncoder(nn.Module):
         batch, time = frame_mask.shape
         if self.subtract_clip_mean:
             frames = subtract_clip_mean(frames, frame_mask)
-        real = self.frame_cnn(frames[frame_mask])  # only real frames: padding never reaches BatchNorm
-        per_frame = real.new_zeros(batch, time, real.shape[-1])
-        per_frame[frame_mask] = real
+        # Only real frames reach the CNN: padding never reaches BatchNorm.
+        flat_mask = frame_mask.flatten()
+        if num_real_frames is None:
+            positions = flat_mask.nonzero().squeeze(1)
+        else:
+            positions = torch.nonzero_static(flat_mask, size=num_real_frames).squeeze(1)
+        real = self.frame_cnn(frames.flatten(0, 1).index_select(0, positions))
+        per_frame = real.new_zeros(batch * time, real.shape[-1]).index_copy(0, positions, real).view(batch, time, -1)
         x, mask = per_frame.transpose(1, 2), frame_mask
         for block in self.temporal:
             x, mask = block(x, mask)

@@ -148,3 +148,26 @@ def test_tf32_for_fp32_runs_on_gpus_and_never_inside_the_similarity(monkeypatch)
         assert torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_the_sign_encoder_picks_real_frames_from_a_host_count_like_the_boolean_index():
+    """With the count from the batch's CPU mask, the real frames are found without a device sync (nonzero_static);
+    outputs and gradients equal the boolean-index path (train mode: BatchNorm on real frames only)."""
+    from recipe.modeling import SignTranslationModel
+    from recipe.presets import build_config
+
+    torch.manual_seed(0)
+    model = SignTranslationModel(build_config("tiny", vocab_size=40, attn_implementation="eager", dropout=0.0)).train()
+    frames = torch.randn(3, 9, 3, 16, 16)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for row, length in enumerate((9, 4, 6)):
+        mask[row, :length] = True
+    outputs, grads = [], []
+    for count in (None, int(mask.sum())):
+        model.zero_grad()
+        out = model.sign_encoder(frames, mask, num_real_frames=count)
+        out.last_hidden_state.square().sum().backward()
+        outputs.append(out.last_hidden_state.detach())
+        grads.append(model.sign_encoder.frame_cnn.layers[0].weight.grad.clone())
+    torch.testing.assert_close(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[0], grads[1])
