@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs per loader (median reported)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--work-dir", default=None, help="where PNGs and shards go (default: a temporary folder)")
+    parser.add_argument("--media", type=Path, default=MEDIA, help="folder with the real sign videos (shared/data/media)")
     parser.add_argument("--gpu-feed", action="store_true", help="cores per GPU instead (see the module docstring)")
     parser.add_argument("--gpu-peak-tflops", type=float, default=790.0,
                         help="the GPU's dense bf16 matmul peak (H200: ~790 measured, ENVIRONMENT.md)")
@@ -77,10 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------- content
 
 
-def base_clips() -> tuple[list[np.ndarray], str]:
+def base_clips(media: Path = MEDIA) -> tuple[list[np.ndarray], str]:
     """Frames of real sign videos if shared/data is here, else synthetic signers."""
-    if all((MEDIA / clip).is_file() for clip in CLIPS):
-        return [read_video_file(MEDIA / clip) for clip in CLIPS], f"real sign videos ({', '.join(CLIPS)})"
+    if all((media / clip).is_file() for clip in CLIPS):
+        return [read_video_file(media / clip) for clip in CLIPS], f"real sign videos ({', '.join(CLIPS)})"
     from sharded_data.signs import make_signer, render_sentence
 
     words = "the weather is fine today".split()
@@ -191,7 +192,7 @@ def gpu_feed(args: argparse.Namespace, work: Path) -> None:
     from sharded_data.format import decode_mp4_bytes
 
     side = 224
-    clips, content = base_clips()
+    clips, content = base_clips(args.media)
     videos = [make_video(clips, number, args.frames, side) for number in range(args.videos)]
     print(f"content: {content}, {args.videos} videos x {args.frames} frames at {side} px\n")
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(work, ignore_errors=True)
         return
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_data_"))
-    clips, content = base_clips()
+    clips, content = base_clips(args.media)
     total_frames = args.videos * args.frames
     print(f"# data benchmark: {args.videos} videos x {args.frames} frames, {args.workers} workers, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}")

@@ -56,7 +56,7 @@ class Sizes:
         self.frame_size = 32 if dry_run else 224
         self.micro_batch = {"tiny": 2, "base": 2} if dry_run else {"base": 16, "large": 8}
         self.warmup_steps, self.timed_steps = (1, 1) if dry_run else (3, 10)
-        self.loader_samples = 16 if dry_run else 160
+        self.loader_samples = 16 if dry_run else 640
         self.chain_frame_size = 16 if dry_run else 32
 
 

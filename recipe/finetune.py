@@ -24,9 +24,10 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 
 import torch
 
+from recipe.attention import choose_attn_implementation
 from recipe.checkpointing import step_tag
 from recipe.build import (SampledEpochs, build_model, engine_dtype, initialize_engine, is_zero3, last_checkpoint_state_dict,
-                          prepare_tokenizer, reader_config, real_frame_count, video_inputs)
+                          prepare_tokenizer, reader_config, real_frame_count, training_dtype, video_inputs)
 from recipe.config import FinetuneConfig, build_parser as config_parser, parse_config
 from recipe.dist import DistEnv, init_distributed, print0, shutdown_distributed
 from recipe.evaluate import score_rows, translate_split, write_report
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = prepare_tokenizer(config, run, index.text, source=str(RunDir(Path(config.init)).tokenizer) if config.init else "")
     if config.init:
         model = load_pretrained(config.init, config.init_tag, config)
+        # A saved config does not keep the attention kernel: this run's precision decides (recipe.attention).
+        model.set_attn_implementation(choose_attn_implementation(training_dtype(config)))
     else:
         model = build_model(config, tokenizer, label_smoothing=config.label_smoothing)
     task = FinetuningTask(config, env, run, tokenizer, frame_size=model.config.frame_size)
