@@ -29,8 +29,9 @@
 #   MAX_REQUEUES, DRY_RUN    see slurm/lib/launch.sh
 #
 # Resources: whole nodes (--exclusive, --mem=0 = all of a node's memory): the node's CPUs decode video for
-# its GPUs (one loader per GPU, workers sized from the CPUs each rank gets; `large` needs about 12 cores
-# per GPU, benchmarks/results/data.md), and the pinned batches and DataLoader shared memory need the RAM.
+# its GPUs (one loader per GPU, workers sized from the CPUs each rank gets; keeping one GPU busy takes more
+# cores than most nodes have per GPU, benchmarks/results/data.md "Feeding a GPU"), and the pinned batches and
+# DataLoader shared memory need the RAM.
 #
 # Preemption: 120 s before the time limit SLURM signals this script (USR1), which forwards the
 # signal to the training processes; they checkpoint and exit with code 3, and the job requeues
