@@ -21,9 +21,10 @@ Prints a markdown table (paste into benchmarks/results/data.md).
 
 `--gpu-feed` answers another question: how many CPU cores keep one GPU fed. It measures what one core
 delivers (CPU seconds of the whole loader in one process: read, decode, transform, collate; uint8 out) for
-npy and mp4 shards at 224 px, in evaluation mode and with the training augmentation, and the decode cost of
-x264 settings; it counts the training FLOPs per frame of `base` and `large` (benchmarks/model_flops.py) and
-divides the frames/s one GPU consumes at a given MFU of its bf16 peak by the frames/s per core:
+npy and mp4 shards at 224 px, in evaluation mode and with the training augmentation, and the decode cost and
+fidelity of x264 settings; it counts the training FLOPs per frame of `base` and `large`
+(benchmarks/model_flops.py) and divides the frames/s one GPU consumes at a given MFU of its bf16 peak by the
+frames/s per core:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --gpu-feed --frames 117
 """
 from __future__ import annotations
@@ -146,9 +147,11 @@ def timed_epoch(make_loader) -> tuple[float, int, float]:
 
 # ------------------------------------------------------------------------------------- feeding a GPU
 
-X264_VARIANTS = {  # decode cost of the writer's settings and the alternatives tried
+X264_VARIANTS = {  # decode cost and fidelity of the writer's settings and the alternatives tried
     "veryfast crf 18 (before 2026-11-30)": {"crf": "18", "preset": "veryfast", "bf": "0"},
-    "veryfast crf 18 tune=fastdecode (the writer's)": {"crf": "18", "preset": "veryfast", "bf": "0", "tune": "fastdecode"},
+    "veryfast crf 18 cabac=0 (the writer's)": {"crf": "18", "preset": "veryfast", "bf": "0", "x264-params": "cabac=0"},
+    "veryfast crf 18 tune=fastdecode (also no deblocking)": {"crf": "18", "preset": "veryfast", "bf": "0",
+                                                             "tune": "fastdecode"},
     "ultrafast crf 18": {"crf": "18", "preset": "ultrafast", "bf": "0"},
     "veryfast crf 23 tune=fastdecode (lossier)": {"crf": "23", "preset": "veryfast", "bf": "0", "tune": "fastdecode"},
 }
@@ -197,13 +200,16 @@ def gpu_feed(args: argparse.Namespace, work: Path) -> None:
     print(f"content: {content}, {args.videos} videos x {args.frames} frames at {side} px\n")
 
     print("## Decode cost of x264 settings (decode_mp4_bytes: H.264 + conversion to RGB; one core)\n")
-    print("| x264 settings | frames per CPU second | KiB per video |")
-    print("|---|---|---|")
+    print("| x264 settings | frames per CPU second | KiB per video | mean abs error (0-255) |")
+    print("|---|---|---|---|")
     for name, options in X264_VARIANTS.items():
         encoded = [encode_with(video, options) for video in videos]
         rates = [len(videos) * args.frames / cpu_seconds(lambda: [decode_mp4_bytes(data) for data in encoded])
                  for _ in range(args.rounds)]
-        print(f"| {name} | {statistics.median(rates):,.0f} | {sum(map(len, encoded)) / len(encoded) / 1024:.0f} |")
+        error = statistics.mean(float(np.abs(decode_mp4_bytes(data).astype(np.float32) - video).mean())
+                                for data, video in zip(encoded, videos))
+        print(f"| {name} | {statistics.median(rates):,.0f} | {sum(map(len, encoded)) / len(encoded) / 1024:.0f} "
+              f"| {error:.2f} |")
 
     root = work / "gpu_feed"
     shutil.rmtree(root, ignore_errors=True)
