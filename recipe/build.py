@@ -5,6 +5,7 @@ every rank): rank 0 writes, the others wait at a barrier and then read.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -13,12 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from recipe.attention import choose_attn_implementation
 from recipe.config import TrainConfig, lora_module_list, to_dict
-from recipe.dist import DistEnv, barrier, print0
-from recipe.ds_config import resolve_ds_config
+from recipe.device import frames_to_device
+from recipe.dist import DistEnv, barrier, cpu_accelerator_requested, print0
+from recipe.ds_config import load_ds_config, resolve_ds_config
 from recipe.modeling import SignTranslationModel
 from recipe.presets import build_config
 from recipe.run_dir import RunDir
+from recipe.seeding import enable_tf32
 from recipe.tokenizer import detect_convention, load_tokenizer, set_languages, train_tokenizer
 from sharded_data.reader import ReaderConfig, make_indexed_loader
 
@@ -113,7 +117,18 @@ def model_config_for(config: TrainConfig, tokenizer: Any, label_smoothing: float
     overrides["max_position_embeddings"] = max(config.max_text_tokens, 32)
     # ~4x temporal downsampling plus the summary token; a margin so no sampled clip can overflow.
     overrides["max_visual_tokens"] = config.max_frames // 4 + 8
-    return build_config(config.preset, vocab_size=len(tokenizer), **overrides)
+    return build_config(config.preset, vocab_size=len(tokenizer),
+                        attn_implementation=choose_attn_implementation(training_dtype(config)), **overrides)
+
+
+def training_dtype(config: TrainConfig) -> torch.dtype:
+    """The precision the DeepSpeed config trains in (bf16, fp16 or fp32): it decides the attention kernel."""
+    ds_config = load_ds_config(config.deepspeed_config)
+    if ds_config.get("bf16", {}).get("enabled", False):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled", False):
+        return torch.float16
+    return torch.float32
 
 
 def build_model(config: TrainConfig, tokenizer: Any, label_smoothing: float) -> SignTranslationModel:
@@ -139,9 +154,31 @@ def build_model(config: TrainConfig, tokenizer: Any, label_smoothing: float) -> 
     return model
 
 
-def reader_config(config: TrainConfig, frame_size: int) -> ReaderConfig:
-    return ReaderConfig(frame_size=frame_size, max_frames=config.max_frames, num_workers=config.num_workers,
-                        seed=config.seed, pin_memory=torch.cuda.is_available())
+# Loader workers per rank when --num-workers is left at auto (-1): the CPUs this process may run on, shared
+# among the node's ranks, less one for the training process itself, at most this many. Each worker holds
+# prefetch_factor decoded batches in shared memory, so more workers than the GPU needs only cost memory.
+MAX_AUTO_WORKERS = 16
+
+
+def loader_workers(requested: int, local_world_size: int, cpus: int | None = None) -> int:
+    """Worker processes per rank: `requested` if >= 0, else sized from this process's CPU allocation.
+
+    `cpus` defaults to the CPUs this process may use (its affinity: what SLURM's `--cpus-per-task` binding,
+    taskset or a container grants, not the machine's count). benchmarks/results/data.md says how many
+    cores per GPU the presets need.
+    """
+    if requested >= 0:
+        return requested
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_world_size) - 1))
+
+
+def reader_config(config: TrainConfig, frame_size: int, local_world_size: int = 1) -> ReaderConfig:
+    """uint8 batches (normalised on the device by `video_inputs`), workers sized from the allocation, pinned
+    memory on GPU machines."""
+    return ReaderConfig(frame_size=frame_size, max_frames=config.max_frames,
+                        num_workers=loader_workers(config.num_workers, local_world_size),
+                        seed=config.seed, pin_memory=torch.cuda.is_available(), output="uint8")
 
 
 def initialize_engine(config: TrainConfig, env: DistEnv, run: RunDir, module: nn.Module, total_steps: int) -> Any:
@@ -158,10 +195,12 @@ def initialize_engine(config: TrainConfig, env: DistEnv, run: RunDir, module: nn
         gradient_clipping=config.grad_clip,
         warmup_steps=max(1, min(config.warmup_steps, total_steps)),
         total_steps=total_steps,
+        allow_cpu_bf16=cpu_accelerator_requested(),
     )
     if env.rank == 0:
         run.describe(to_dict(config), ds_config, env.world_size)
     barrier()
+    enable_tf32()
     trainable = [p for p in module.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
     return engine
@@ -176,9 +215,14 @@ def engine_dtype(engine: Any) -> torch.dtype:
 
 
 def video_inputs(batch: dict, engine: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames in the engine's precision on its device, and the frame mask."""
-    frames = batch["frames"].to(engine.device, dtype=engine_dtype(engine), non_blocking=True)
+    """Frames on the engine's device, normalised there (uint8 batches) and in its precision; the frame mask."""
+    frames = frames_to_device(batch["frames"], engine.device, engine_dtype(engine))
     return frames, batch["frame_mask"].to(engine.device, non_blocking=True)
+
+
+def real_frame_count(batch: dict) -> int:
+    """Real frames in a batch, from its mask on the host: the model picks them without waiting for the GPU."""
+    return int(batch["frame_mask"].sum())
 
 
 def is_zero3(engine: Any) -> bool:

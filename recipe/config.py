@@ -67,7 +67,8 @@ class TrainConfig:
     lora_r: int = option(16, "LoRA rank")
     lora_alpha: int = option(32, "LoRA alpha")
     lora_dropout: float = option(0.1, "LoRA dropout")
-    num_workers: int = option(2, "data loader worker processes per rank")
+    num_workers: int = option(-1, "data loader worker processes per rank; -1 = sized from the CPUs this process "
+                                  "may use, shared among the node's ranks (recipe.build.loader_workers)")
     seed: int = option(0, "seed for model init, sampling and augmentation")
     save_every: int = option(200, "checkpoint every N optimizer steps (and always at the end)")
     keep_last: int = option(3, "checkpoints kept (older tags are deleted)")

@@ -93,11 +93,13 @@ def resolve_ds_config(
     warmup_steps: int | None = None,
     total_steps: int | None = None,
     device_type: str | None = None,
+    allow_cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """The dict to hand to `deepspeed.initialize(config=...)`; see the module docstring.
 
     `device_type` is "cuda" or "cpu" (default: "cuda" when CUDA is available). `warmup_steps` and
-    `total_steps` count optimizer steps (not micro-batches).
+    `total_steps` count optimizer steps (not micro-batches). `allow_cpu_bf16` lets a bf16 config run on
+    DeepSpeed's CPU accelerator (slow; the tests use it to exercise the bf16 path without a GPU).
     """
     path = Path(path)
     config = copy.deepcopy(load_ds_config(path))
@@ -123,10 +125,13 @@ def resolve_ds_config(
         raise DeepSpeedConfigError(f"{path}: zero_optimization.offload_optimizer needs stage 1, 2 or 3")
 
     for precision in ("fp16", "bf16"):
-        if config.get(precision, {}).get("enabled", False) and device_type != "cuda":
+        if config.get(precision, {}).get("enabled", False) and device_type != "cuda" and not (
+                precision == "bf16" and allow_cpu_bf16):
             raise DeepSpeedConfigError(
                 f"{path}: {precision}.enabled is true but this machine has no CUDA device; "
                 "use an fp32 config on CPU (ds_configs/zero1.json, zero2.json, zero3.json, zero3_offload.json)"
+                + (" or, to try bf16 on DeepSpeed's CPU accelerator (slow), set DS_ACCELERATOR=cpu"
+                   if precision == "bf16" else "")
             )
     if config.get("fp16", {}).get("enabled", False) and config.get("bf16", {}).get("enabled", False):
         raise DeepSpeedConfigError(f"{path}: fp16.enabled and bf16.enabled are both true; enable one")

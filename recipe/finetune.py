@@ -26,9 +26,11 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 
 import torch
 
+from recipe.attention import choose_attn_implementation
 from recipe.checkpointing import step_tag
 from recipe.build import (SampledEpochs, build_model, engine_dtype, initialize_engine, is_zero3, last_checkpoint_state_dict,
-                          lora_modules_for, pretrained_components, prepare_tokenizer, reader_config, video_inputs)
+                          lora_modules_for, pretrained_components, prepare_tokenizer, reader_config,
+                          real_frame_count, training_dtype, video_inputs)
 from recipe.config import FinetuneConfig, build_parser as config_parser, parse_config
 from recipe.dist import DistEnv, init_distributed, print0, shutdown_distributed
 from recipe.evaluate import score_rows, translate_split, write_report
@@ -87,7 +89,7 @@ class FinetuningTask:
 
     def __init__(self, config: FinetuneConfig, env: DistEnv, run: RunDir, tokenizer, frame_size: int) -> None:
         self.config, self.env, self.run, self.tokenizer = config, env, run, tokenizer
-        self.reader = reader_config(config, frame_size)
+        self.reader = reader_config(config, frame_size, env.local_world_size)
         index = load_index(config.data, "train")
         self.sampler = RandomBatchSampler(index.sample_id, config.micro_batch_size * env.world_size, seed=config.seed)
         self.epochs = SampledEpochs(config, env, self.sampler, self.reader)
@@ -107,7 +109,7 @@ class FinetuningTask:
         frames, frame_mask = video_inputs(batch, engine)
         labels = tokenize_targets(self.tokenizer, batch["texts"], self.config.max_text_tokens).labels.to(engine.device)
         labels = labels.masked_fill(~batch["valid"].to(engine.device)[:, None], -100)
-        loss = engine(frames=frames, frame_mask=frame_mask, labels=labels).loss
+        loss = engine(frames=frames, frame_mask=frame_mask, labels=labels, num_real_frames=real_frame_count(batch)).loss
         return loss, {}
 
     def after_optimizer_step(self, engine) -> dict:
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = prepare_tokenizer(config, run, index.text, source=str(RunDir(Path(config.init)).tokenizer) if config.init else "")
     if config.init:
         model = load_pretrained(config.init, config.init_tag, config, tokenizer)
+        # A saved config does not keep the attention kernel: this run's precision decides (recipe.attention).
+        model.set_attn_implementation(choose_attn_implementation(training_dtype(config)))
     else:
         model = build_model(config, tokenizer, label_smoothing=config.label_smoothing)
     task = FinetuningTask(config, env, run, tokenizer, frame_size=model.config.frame_size)

@@ -45,9 +45,11 @@ from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.models.mbart.modeling_mbart import MBartDecoder, MBartEncoder
 
+from recipe.attention import decoder_attn_implementation
 from recipe.features import ContrastiveFeatures
 from recipe.lora import apply_lora, has_lora, merge_lora
 from recipe.sign_encoder import SignEncoder, VisualEncoderOutput
+from recipe.similarity import normalize_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +159,12 @@ class SignTranslationConfig(PreTrainedConfig):
             attn_implementation=self._attn_implementation,
         )
 
+    def decoder_mbart_config(self) -> MBartConfig:
+        """The text config with the decoder's own attention kernel: never flash (see recipe.attention)."""
+        config = self.text_mbart_config()
+        config._attn_implementation = decoder_attn_implementation(self._attn_implementation)
+        return config
+
     def visual_mbart_config(self) -> MBartConfig:
         """The MBartConfig of the transformer over visual tokens (embeddings come in, no vocabulary)."""
         return MBartConfig(
@@ -212,7 +220,7 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
             subtract_clip_mean=config.subtract_clip_mean,
         )
         self.text_encoder = MBartEncoder(text_config)
-        self.decoder = MBartDecoder(text_config)
+        self.decoder = MBartDecoder(config.decoder_mbart_config())
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         # mBART checkpoints carry this (zeros); kept so they load by name and logits match mBART's.
         self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
@@ -296,6 +304,11 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         return self
 
     # -- Hugging Face plumbing ------------------------------------------------------------------------
+    def set_attn_implementation(self, attn_implementation) -> None:
+        """transformers' switch (it reaches every sub-model), then the decoder back off flash (recipe.attention)."""
+        super().set_attn_implementation(attn_implementation)
+        self.decoder.config._attn_implementation = decoder_attn_implementation(self.decoder.config._attn_implementation)
+
     def get_encoder(self, modality: str | None = None) -> SignEncoder:
         return self.sign_encoder
 
@@ -339,11 +352,9 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         if visual is None:
             visual = self.sign_encoder(frames, frame_mask)
         text_mask = text_mask.bool()
-        video = F.normalize(self.video_projection(visual.last_hidden_state), dim=-1)
-        text = F.normalize(self.text_projection(self.encode_text(text_ids, text_mask)), dim=-1)
-        # Padding tokens are exact zeros, so gathers that pad further across ranks look the same.
-        video = video * visual.attention_mask[..., None].to(video.dtype)
-        text = text * text_mask[..., None].to(text.dtype)
+        # fp32 from here on, whatever the model computes in (recipe.similarity.normalize_tokens says why).
+        video = normalize_tokens(self.video_projection(visual.last_hidden_state), visual.attention_mask)
+        text = normalize_tokens(self.text_projection(self.encode_text(text_ids, text_mask)), text_mask)
         if self.config.text_summary == "last":
             text = summary_token_first(text, text_mask)
         return ContrastiveFeatures(video=video, video_mask=visual.attention_mask, text=text, text_mask=text_mask)
@@ -360,6 +371,7 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         past_key_values=None,
         use_cache: bool | None = None,
         cache=None,
+        num_real_frames: int | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Translation logits; `loss` = label-smoothed cross-entropy when `labels` (-100 = ignore) are given.
@@ -367,12 +379,13 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         `attention_mask` is the visual token mask; it defaults to the one the sign encoder returns
         (`generate` passes both back in after expanding them for beam search). The decoder's key/value cache
         comes as `cache` (transformers >= 5.24) or `past_key_values` (earlier): see CACHE_ARG.
+        `num_real_frames`: see `SignEncoder.forward` (training passes it, so the step never waits for the GPU there).
         """
         cache = cache if cache is not None else past_key_values
         if encoder_outputs is None:
             if frames is None or frame_mask is None:
                 raise ValueError("forward needs frames and frame_mask (or encoder_outputs from the sign encoder)")
-            encoder_outputs = self.sign_encoder(frames, frame_mask)
+            encoder_outputs = self.sign_encoder(frames, frame_mask, num_real_frames=num_real_frames)
         if attention_mask is None:
             attention_mask = encoder_outputs.attention_mask
         if labels is not None:

@@ -32,6 +32,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from recipe.dist import host_group
+
 logger = logging.getLogger(__name__)
 
 REQUEUE_EXIT_CODE = 3
@@ -45,9 +47,10 @@ class PreemptionHandler:
 
     def __init__(self, signals: Iterable[signal.Signals] = DEFAULT_SIGNALS,
                  device: torch.device | str | None = None) -> None:
-        """Install the handlers. `device` holds the flag for the all-reduce: it must be one the
-        process group's backend accepts (CPU for gloo, this rank's GPU for NCCL); by default
-        DeepSpeed's accelerator decides (cpu on a CPU machine, cuda:LOCAL_RANK on a GPU one)."""
+        """Install the handlers. By default the flag is a CPU tensor all-reduced over the gloo host group
+        (`recipe.dist.host_group`): a flag on the GPU would make every step wait, at `.item()`, for all of
+        that step's GPU work. `device` puts the flag on that device and all-reduces it over the default
+        group instead (it must be one that group's backend accepts)."""
         self.signals = tuple(signals)
         self._device = device
         self._received: signal.Signals | None = None
@@ -69,21 +72,14 @@ class PreemptionHandler:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             stop = local
         else:
-            flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=self._flag_device())
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=self._device or "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=None if self._device else host_group())
             stop = bool(flag.item())
         if stop:
             origin = self._received.name if local else "another rank"
             logger.warning("Preemption signal received (%s): checkpointing and exiting with code %d",
                            origin, REQUEUE_EXIT_CODE)
         return stop
-
-    def _flag_device(self) -> torch.device:
-        if self._device is None:
-            from deepspeed.accelerator import get_accelerator
-
-            self._device = get_accelerator().current_device_name()
-        return torch.device(self._device)
 
     def uninstall(self) -> None:
         """Put back the handlers that were installed before this one."""

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recipe.build import (SampledEpochs, build_model, initialize_engine, prepare_tokenizer, reader_config,
-                          video_inputs)
+                          real_frame_count, video_inputs)
 from recipe.config import PretrainConfig, build_parser as config_parser, parse_config
 from recipe.contrastive import ContrastiveLoss
 from recipe.curriculum import CurriculumSchedule
@@ -68,8 +68,8 @@ class PretrainingModule(nn.Module):
 
         deepspeed.zero.register_external_parameter(self, model.logit_scale)
 
-    def forward(self, frames, frame_mask, text_ids, text_mask, labels=None):
-        visual = self.model.sign_encoder(frames, frame_mask)
+    def forward(self, frames, frame_mask, text_ids, text_mask, labels=None, num_real_frames=None):
+        visual = self.model.sign_encoder(frames, frame_mask, num_real_frames=num_real_frames)
         features = self.model.contrastive_features(frames, frame_mask, text_ids, text_mask, visual=visual)
         translation_loss = None
         if labels is not None:
@@ -83,7 +83,7 @@ class PretrainingTask:
 
     def __init__(self, config: PretrainConfig, env: DistEnv, run: RunDir, tokenizer, frame_size: int) -> None:
         self.config, self.env, self.run, self.tokenizer = config, env, run, tokenizer
-        self.reader = reader_config(config, frame_size)
+        self.reader = reader_config(config, frame_size, env.local_world_size)
         self.index = load_index(config.data, "train")
         global_batch = config.micro_batch_size * env.world_size
         self.selection = None
@@ -117,11 +117,13 @@ class PretrainingTask:
         frames, frame_mask = video_inputs(batch, engine)
         text = tokenize_targets(self.tokenizer, batch["texts"], self.config.max_text_tokens).to(engine.device)
         labels = text.labels.masked_fill(~batch["valid"].to(engine.device)[:, None], -100) if self.translation else None
-        features, logit_scale, translation_loss = engine(frames, frame_mask, text.ids, text.mask, labels)
+        features, logit_scale, translation_loss = engine(frames, frame_mask, text.ids, text.mask, labels,
+                                                         num_real_frames=real_frame_count(batch))
         if self.selection is not None:
             self.selection.set_progress(progress)
-        contrastive = self.loss_fn(features, logit_scale, batch["sample_ids"].to(engine.device),
-                                   batch["sentence_ids"].to(engine.device), selection=self.selection)
+        # Ids stay on the host: the loss gathers them between hosts and the PS mask looks them up there.
+        contrastive = self.loss_fn(features, logit_scale, batch["sample_ids"], batch["sentence_ids"],
+                                   selection=self.selection)
         loss = contrastive["loss"]
         metrics = {"contrastive_loss": contrastive["loss"].detach(), "temperature": 1.0 / logit_scale.detach().exp(),
                    "kept_negative_fraction": contrastive["kept_negative_fraction"]}
@@ -140,9 +142,11 @@ class PretrainingTask:
         sample_ids, sentence_ids, features = self.embed_split(engine, "dev")
         if self.env.rank != 0:
             return {}
-        scores = similarity(features.video, features.video_mask, features.text, features.text_mask,
-                            kind=self.config.similarity)
-        return {f"dev_{name}": value for name, value in recall_at_k(scores, sentence_ids).items()}
+        # On the GPU: the split's token similarity is the quadratic part (rank 0's CPU would take minutes).
+        device = engine.device
+        scores = similarity(features.video.to(device), features.video_mask.to(device), features.text.to(device),
+                            features.text_mask.to(device), kind=self.config.similarity)
+        return {f"dev_{name}": value for name, value in recall_at_k(scores, sentence_ids.to(device)).items()}
 
     def on_epoch_end(self, engine, epoch: int) -> None:
         k = self.config.record_trajectory_every

@@ -29,20 +29,44 @@ from transformers.models.mbart.modeling_mbart import MBartEncoder
 RESNET18_FEATURE_DIM = 512
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same names, same arithmetic) that also runs inside a bf16/fp16 model.
+
+    DeepSpeed (0.19) casts parameters to the training dtype and leaves buffers in fp32, and torch's batch
+    norm takes a half-precision input only with weight, bias and running statistics all in fp32 (cuDNN's
+    mixed mode) or all in the input's dtype: a bf16 model with fp32 running statistics fails at its first
+    forward. Here the affine parameters are used in fp32 and the statistics are kept in fp32 (accumulating
+    them in bf16 would round every update to 8 bits). In fp32 this is nn.BatchNorm2d's own forward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in (torch.bfloat16, torch.float16):
+            return super().forward(x)
+        if not self.track_running_stats or self.momentum is None:
+            raise ValueError("BatchNorm2d in half precision supports tracked statistics with a fixed momentum only")
+        for name in ("running_mean", "running_var"):
+            if getattr(self, name).dtype != torch.float32:  # a DeepSpeed that cast buffers too
+                setattr(self, name, getattr(self, name).float())
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight.float(), self.bias.float(),
+                            self.training, self.momentum, self.eps)
+
+
 class BasicBlock(nn.Module):
     """torchvision's ResNet BasicBlock (same attribute names, same arithmetic)."""
 
     def __init__(self, in_channels: int, channels: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn1 = BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.bn2 = BatchNorm2d(channels)
         self.downsample = None
         if stride != 1 or in_channels != channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels)
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), BatchNorm2d(channels)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +84,7 @@ class ResNet18Features(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = nn.Sequential(BasicBlock(64, 64, 1), BasicBlock(64, 64, 1))
@@ -92,7 +116,7 @@ class SmallFrameCNN(nn.Module):
         for out_channels in channels:
             layers += [
                 nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out_channels),
+                BatchNorm2d(out_channels),
                 nn.ReLU(inplace=True),
             ]
             in_channels = out_channels
@@ -181,7 +205,11 @@ class SignEncoder(nn.Module):
         # Visual tokens arrive as embeddings; a word-embedding table here would be dead weight.
         self.transformer.embed_tokens = None
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, **unused) -> VisualEncoderOutput:
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, num_real_frames: int | None = None,
+                **unused) -> VisualEncoderOutput:
+        """`num_real_frames` = frame_mask.sum(), counted on the host from the batch's CPU mask: the real frames are
+        then picked without waiting for the GPU (a boolean index must first learn how many there are). Without
+        it (generate, inference) they are picked by boolean indexing."""
         # `generate` passes output_attentions/return_dict etc.; the visual encoder has nothing to add.
         if frames.dim() != 5 or frame_mask.shape != frames.shape[:2]:
             raise ValueError(
@@ -191,9 +219,14 @@ class SignEncoder(nn.Module):
         batch, time = frame_mask.shape
         if self.subtract_clip_mean:
             frames = subtract_clip_mean(frames, frame_mask)
-        real = self.frame_cnn(frames[frame_mask])  # only real frames: padding never reaches BatchNorm
-        per_frame = real.new_zeros(batch, time, real.shape[-1])
-        per_frame[frame_mask] = real
+        # Only real frames reach the CNN: padding never reaches BatchNorm.
+        flat_mask = frame_mask.flatten()
+        if num_real_frames is None:
+            positions = flat_mask.nonzero().squeeze(1)
+        else:
+            positions = torch.nonzero_static(flat_mask, size=num_real_frames).squeeze(1)
+        real = self.frame_cnn(frames.flatten(0, 1).index_select(0, positions))
+        per_frame = real.new_zeros(batch * time, real.shape[-1]).index_copy(0, positions, real).view(batch, time, -1)
         x, mask = per_frame.transpose(1, 2), frame_mask
         for block in self.temporal:
             x, mask = block(x, mask)

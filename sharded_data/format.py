@@ -109,7 +109,9 @@ def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         # Sign videos are short: no B-frame reordering keeps decode simple; crf 18 is visually lossless.
-        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0"}
+        # cabac=0 (CAVLC entropy coding): ~1.4x faster to decode at 224 px for ~5% more bytes and the same
+        # pixels; decoding is what feeds the GPUs (benchmarks/results/data.md, "Feeding a GPU").
+        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0", "x264-params": "cabac=0"}
         # The true size is kept in the container metadata so decode can undo the padding.
         container.metadata["comment"] = f"{SIZE_TAG}{width}x{height}"
         for frame in frames:

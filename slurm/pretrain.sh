@@ -28,6 +28,11 @@
 #   PYTHON                   interpreter (default .venv/bin/python if present, else python)
 #   MAX_REQUEUES, DRY_RUN    see slurm/lib/launch.sh
 #
+# Resources: whole nodes (--exclusive, --mem=0 = all of a node's memory): the node's CPUs decode video for
+# its GPUs (one loader per GPU, workers sized from the CPUs each rank gets; keeping one GPU busy takes more
+# cores than most nodes have per GPU, benchmarks/results/data.md "Feeding a GPU"), and the pinned batches and
+# DataLoader shared memory need the RAM.
+#
 # Preemption: 120 s before the time limit SLURM signals this script (USR1), which forwards the
 # signal to the training processes; they checkpoint and exit with code 3, and the job requeues
 # itself and resumes from OUT's latest checkpoint (details in slurm/lib/launch.sh).
@@ -36,6 +41,8 @@
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --mem=0
 #SBATCH --time=24:00:00
 #SBATCH --output=slurm/logs/%x-%j.out
 #SBATCH --open-mode=append

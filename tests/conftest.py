@@ -22,6 +22,13 @@ from typing import Any, Callable
 
 import pytest
 
+from tests.distributed import CPU_ONLY_ENV
+
+# The suite runs on the CPU, also on a GPU machine: its references (exact resume, 2 ranks = 1 process) are
+# CPU numbers, and on a one-GPU machine the 2-rank runs would pick NCCL and set_device(1). Set before anything
+# initialises CUDA. The GPU path is exercised by benchmarks/gpu_check.sh.
+os.environ.update(CPU_ONLY_ENV)
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
@@ -60,7 +67,7 @@ def reference_args(data: Path, out: Path) -> list[str]:
 
 def launch_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS_VARS}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", **CPU_ONLY_ENV)
     return env
 
 

@@ -29,8 +29,15 @@ def test_the_expected_configs_ship():
 def test_every_shipped_config_resolves(path):
     raw = json.loads(path.read_text())
     assert '"auto"' not in path.read_text()
-    assert raw["optimizer"]["params"]["torch_adam"] is True  # else DeepSpeed JIT-compiles FusedAdam / CPUAdam
     bf16 = raw.get("bf16", {}).get("enabled", False)
+    offload = "offload_optimizer" in raw["zero_optimization"]
+    # On the device: torch's AdamW (else DeepSpeed JIT-compiles FusedAdam for nothing). Offloaded: DeepSpeed's
+    # CPU Adam (torch_adam would step the CPU master weights with a plain torch AdamW), from pinned memory.
+    assert raw["optimizer"]["params"]["torch_adam"] is (not offload)
+    if offload:
+        assert all(raw["zero_optimization"][key]["pin_memory"] for key in ("offload_optimizer", "offload_param"))
+    if bf16:  # gradients reduced in fp32: a bf16 sum over many ranks loses the small ones
+        assert raw["communication_data_type"] == "fp32"
     config = resolve_ds_config(path, **RECIPE, device_type="cuda" if bf16 else "cpu")
     assert config["train_batch_size"] == 4 * 2 * 2
     assert config["train_micro_batch_size_per_gpu"] == 4 and config["gradient_accumulation_steps"] == 2

@@ -1,11 +1,12 @@
-"""The sign translation model on CPU: masking, attention kernels, LoRA, save/load, generate, presets."""
+"""The sign translation model on CPU: masking, attention kernels, LoRA, save/load, generate, presets.
+
+Which kernel each module gets (flash, sdpa) is tested in tests/test_attention.py."""
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from recipe.attention import choose_attn_implementation
 from recipe.lora import count_parameters
 from recipe.modeling import SignTranslationConfig, SignTranslationModel
 from recipe.presets import MBART_LARGE_50_VOCAB_SIZE, PRESETS, build_config
@@ -90,21 +91,6 @@ def test_eager_and_sdpa_agree():
     a = eager.contrastive_features(frames, mask, text, text != 1)
     b = sdpa.contrastive_features(frames, mask, text, text != 1)
     torch.testing.assert_close(a.text[a.text_mask], b.text[b.text_mask], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("cuda, flash, expected", [(False, False, "sdpa"), (False, True, "sdpa"),
-                                                    (True, False, "sdpa"), (True, True, "flash_attention_2")])
-def test_choose_attn_implementation(monkeypatch, cuda, flash, expected):
-    import recipe.attention
-
-    monkeypatch.setattr(recipe.attention.torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(recipe.attention, "is_flash_attn_2_available", lambda: flash)
-    assert choose_attn_implementation() == expected
-
-
-def test_presets_use_the_chosen_attention():
-    assert build_config("tiny", vocab_size=VOCAB)._attn_implementation == choose_attn_implementation()
-    assert build_config("tiny", vocab_size=VOCAB, attn_implementation="eager")._attn_implementation == "eager"
 
 
 def test_contrastive_features_and_frozen_text_encoder():

@@ -42,6 +42,8 @@ SBATCH_OPTIONS = {
     "account": r"[\w-]+",
     "array": r"\d+(-\d+(:\d+)?)?(,\d+(-\d+(:\d+)?)?)*(%\d+)?",
     "kill-on-invalid-dep": r"yes|no",
+    "exclusive": None,
+    "mem": r"\d+[KMGT]?",
 }
 
 
@@ -300,3 +302,36 @@ def test_pipeline_chains_the_stages(dirs):
     assert outs[0]["NEGATIVES"] == "random" and outs[0]["RECORD_TRAJECTORY_EVERY"] == "5"
     assert outs[1]["NEGATIVES"] == "ps" and outs[1]["REFERENCE_RUN"] == outs[0]["OUT"]
     assert outs[2]["INIT"] == outs[1]["OUT"] and outs[3]["RUN"] == outs[2]["OUT"]
+
+
+# ------------------------------------------------------------------------- what the training jobs ask for
+
+@pytest.mark.parametrize("name", TRAINING_SCRIPTS)
+def test_training_jobs_request_whole_gpu_nodes(name):
+    """Each node's CPUs decode video for its GPUs and its RAM holds the loaders' shared memory and pinned
+    batches: a job that asks for GPUs only gets one CPU and a default memory share per task."""
+    options = sbatch_directives(REPO / "slurm" / name)
+    assert "exclusive" in options and options["mem"] == "0"     # all CPUs and all memory of each node
+    assert re.fullmatch(r"([\w-]+:)?[1-9]\d*", options["gpus-per-node"]) and options["ntasks-per-node"] == "1"
+
+
+@pytest.mark.parametrize("allocation, cpus", [({"SLURM_CPUS_ON_NODE": "96"}, "96"),
+                                              ({"SLURM_CPUS_ON_NODE": "112", "SLURM_CPUS_PER_TASK": "64"}, "64"),
+                                              ({"SLURM_CPUS_ON_NODE": "96", "CPUS_PER_NODE": "48"}, "48")])
+def test_the_node_task_gets_the_allocations_cpus_and_gpus(dirs, allocation, cpus):
+    """srun is told the CPUs (a step does not inherit --cpus-per-task since Slurm 22.05, and a task bound to one
+    CPU starves the loaders) and the GPUs of its node; each of the node's ranks then sizes its loader workers
+    from its share of those CPUs."""
+    from recipe.build import loader_workers
+
+    env = {"DATA": str(dirs / "data"), "GPUS_PER_NODE": "8", "SLURM_JOB_NUM_NODES": "2", **allocation}
+    for script in TRAINING_SCRIPTS:
+        launch, _ = dry_run(script, {**env, "INIT": ""} if script == "finetune.sh" else env)
+        step_flags = launch[:launch.index("bash")]
+        assert f"--cpus-per-task={cpus}" in step_flags and "--gpus-per-node=8" in step_flags
+    assert loader_workers(-1, local_world_size=8, cpus=96) == 11     # 12 cores per GPU: 11 workers + the rank
+
+    launch, _ = dry_run("pretrain.sh", {**env, "CPU": "1"})
+    assert not any(flag.startswith("--gpus-per-node") for flag in launch[:launch.index("bash")])
+    launch, _ = dry_run("pretrain.sh", {"DATA": str(dirs / "data"), "GPUS_PER_NODE": "8"})  # outside SLURM
+    assert not any(flag.startswith("--cpus-per-task") for flag in launch[:launch.index("bash")])
