@@ -86,10 +86,15 @@ def test_set_attn_implementation_keeps_the_decoder_off_flash(flash_on_cuda):
 
 
 class FakeTokenizer:
+    """What model_config_for reads of a tokenizer: its size, special ids and layout (<s> pieces </s>)."""
+
     pad_token_id, bos_token_id, eos_token_id = 1, 0, 2
 
     def __len__(self) -> int:
         return VOCAB
+
+    def __call__(self, text: str, text_target: str) -> dict:
+        return {"input_ids": [0, 5, 2], "labels": [0, 5, 2]}
 
 
 @pytest.mark.parametrize("ds_config, expected", [("zero2.json", "sdpa"), ("zero3_offload.json", "sdpa"),
