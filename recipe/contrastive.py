@@ -22,6 +22,10 @@ Negatives:
 - A selection hook (Pair Selection) says which remaining negatives to KEEP, per (local sample, global
   sample) pair; the decision applies to both directions (video i vs text j, and text i vs video j).
   The positive is never dropped. `kept_negative_fraction` reports kept / candidate negatives on this rank.
+- Padding rows (`valid=False`: the loader's copies of a real row, standing in for a sample it had to skip)
+  take no part: never a negative, never a positive of any row, and their own rows add nothing to the loss
+  (each direction is the mean over this rank's valid rows). A copy shares its original's sample and sentence
+  ids, so under `same_sentence="negative"` it would otherwise push a clip away from itself.
 """
 from __future__ import annotations
 
@@ -58,6 +62,10 @@ class GatheredBatch:
     sentence_ids: torch.Tensor
     offset: int
     """Global index of this rank's first sample (rank x local batch size)."""
+    local_valid: torch.Tensor | None = None
+    """bool [b]: False on padding rows; None = every row is real."""
+    valid: torch.Tensor | None = None
+    """bool [G]: the same for the global batch."""
 
     @property
     def local_batch_size(self) -> int:
@@ -92,8 +100,9 @@ def gather_features(
     sample_ids: torch.Tensor,
     sentence_ids: torch.Tensor,
     group: dist.ProcessGroup | None = None,
+    valid: torch.Tensor | None = None,
 ) -> GatheredBatch:
-    """All-gather features (with autograd), masks and ids; identity without a multi-rank process group."""
+    """All-gather features (with autograd), masks, ids and validity; identity without a multi-rank process group."""
     device = features.video.device
     sample_ids = torch.as_tensor(sample_ids, device=device).long().view(-1)
     sentence_ids = torch.as_tensor(sentence_ids, device=device).long().view(-1)
@@ -101,10 +110,16 @@ def gather_features(
         raise ValueError(
             f"{features.batch_size} samples but {sample_ids.numel()} sample ids and {sentence_ids.numel()} sentence ids"
         )
+    given = valid is not None  # without flags every row is real (and the loss is a plain mean over rows)
+    valid = (torch.ones(features.batch_size, dtype=torch.bool, device=device) if not given
+             else torch.as_tensor(valid, device=device).bool().view(-1))
+    if valid.numel() != features.batch_size:
+        raise ValueError(f"{features.batch_size} samples but {valid.numel()} validity flags")
     if features.video.shape[-1] != features.text.shape[-1]:
         raise ValueError(f"video dim {features.video.shape[-1]} != text dim {features.text.shape[-1]}")
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
-        return GatheredBatch(features, sample_ids, sentence_ids, features, sample_ids, sentence_ids, offset=0)
+        return GatheredBatch(features, sample_ids, sentence_ids, features, sample_ids, sentence_ids, offset=0,
+                             local_valid=valid if given else None, valid=valid)
 
     rank = dist.get_rank(group)
     batch, video_len, text_len = features.batch_size, features.video.shape[1], features.text.shape[1]
@@ -119,10 +134,11 @@ def gather_features(
     video, video_mask = _pad_tokens(features.video, features.video_mask, max_video)
     text, text_mask = _pad_tokens(features.text, features.text_mask, max_text)
 
-    # One collective for both token tensors, one for masks + ids.
+    # One collective for both token tensors, one for masks + ids + validity.
     tokens = _all_gather(torch.cat([video, text], dim=1), group)
     with torch.no_grad():
-        meta = torch.cat([video_mask.long(), text_mask.long(), sample_ids[:, None], sentence_ids[:, None]], dim=1)
+        meta = torch.cat([video_mask.long(), text_mask.long(), sample_ids[:, None], sentence_ids[:, None],
+                          valid.long()[:, None]], dim=1)
         meta = _all_gather(meta, group)
     gathered = ContrastiveFeatures(
         video=tokens[:, :max_video],
@@ -135,9 +151,11 @@ def gather_features(
         local_sample_ids=sample_ids,
         local_sentence_ids=sentence_ids,
         features=gathered,
-        sample_ids=meta[:, -2],
-        sentence_ids=meta[:, -1],
+        sample_ids=meta[:, -3],
+        sentence_ids=meta[:, -2],
         offset=rank * batch,
+        local_valid=valid if given else None,
+        valid=meta[:, -1].bool(),
     )
 
 
@@ -173,8 +191,13 @@ def contrastive_loss(
 
     rows = torch.arange(batch.local_batch_size, device=sim_v2t.device)
     positive_column = batch.offset + rows
-    same = batch.local_sentence_ids[:, None] == batch.sentence_ids[None, :]  # includes each row's own positive
-    negatives = ~same
+    real_column = (torch.ones(batch.global_batch_size, dtype=torch.bool, device=sim_v2t.device) if batch.valid is None
+                   else batch.valid.to(sim_v2t.device))
+    real_row = None if batch.local_valid is None else batch.local_valid.to(sim_v2t.device)
+    # Padding columns are nothing to anyone: not negatives, not twins, not positives.
+    same = (batch.local_sentence_ids[:, None] == batch.sentence_ids[None, :]) & real_column[None, :]
+    same[rows, positive_column] = True  # each row's own positive (a padding row's too; its loss is dropped below)
+    negatives = ~same & real_column[None, :]
     keep = negatives
     twins = same.clone()  # other samples of the row's sentence
     twins[rows, positive_column] = False
@@ -198,11 +221,13 @@ def contrastive_loss(
         target = same.float() / same.sum(dim=1, keepdim=True)
 
     scale = logit_scale.float().exp()
-    loss_v2t = _cross_entropy(scale * sim_v2t.float(), allowed, target)
-    loss_t2v = _cross_entropy(scale * sim_t2v.float(), allowed, target)
-    candidates = negatives.sum()
+    loss_v2t = _cross_entropy(scale * sim_v2t.float(), allowed, target, real_row)
+    loss_t2v = _cross_entropy(scale * sim_t2v.float(), allowed, target, real_row)
+    counted = torch.ones_like(real_column[: len(rows)]) if real_row is None else real_row
+    candidates = (negatives & counted[:, None]).sum()
     # No candidate negatives at all (every sample of the global batch says the same sentence): nothing was dropped.
-    fraction = keep.sum() / candidates if candidates > 0 else torch.ones((), device=same.device)
+    fraction = ((keep & counted[:, None]).sum() / candidates if candidates > 0
+                else torch.ones((), device=same.device))
     return {
         "loss": (loss_v2t + loss_t2v) / 2,
         "loss_v2t": loss_v2t,
@@ -211,17 +236,23 @@ def contrastive_loss(
     }
 
 
-def _cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over rows; columns outside `allowed` take no part (logit -inf).
-
-    `target` is either the column index of the single positive, or a probability row (multi-positive).
+def _cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor,
+                   rows: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy over the rows marked in `rows` (None: all); columns outside `allowed` take no part
+    (logit -inf). `target` is either the column index of the single positive, or a probability row
+    (multi-positive). Without a single real row the loss is 0, still attached to the logits (every rank must
+    run its backward), and no host synchronisation decides which case applies.
     """
     logits = logits.masked_fill(~allowed, float("-inf"))
     if target.dtype == torch.long:
-        return F.cross_entropy(logits, target)
-    # Zero the -inf log-probabilities of excluded columns (their target is 0) so 0 * -inf never makes NaN.
-    log_prob = F.log_softmax(logits, dim=1).masked_fill(~allowed, 0.0)
-    return -(target * log_prob).sum(dim=1).mean()
+        per_row = F.cross_entropy(logits, target, reduction="none")
+    else:
+        # Zero the -inf log-probabilities of excluded columns (their target is 0) so 0 * -inf never makes NaN.
+        log_prob = F.log_softmax(logits, dim=1).masked_fill(~allowed, 0.0)
+        per_row = -(target * log_prob).sum(dim=1)
+    if rows is None:
+        return per_row.mean()
+    return torch.where(rows, per_row, torch.zeros_like(per_row)).sum() / rows.sum().clamp(min=1)
 
 
 @dataclass
@@ -251,8 +282,9 @@ class ContrastiveLoss:
         sample_ids: torch.Tensor,
         sentence_ids: torch.Tensor,
         selection: SelectionHook | None = None,
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        batch = gather_features(features, sample_ids, sentence_ids)
+        batch = gather_features(features, sample_ids, sentence_ids, valid=valid)
         return contrastive_loss(
             batch,
             logit_scale,

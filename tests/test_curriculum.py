@@ -20,14 +20,15 @@ from recipe.pair_selection import (
 from recipe.trajectory_store import Trajectory
 
 
-def _scorer(n: int, k: int = 3, e: int = 16, seed: int = 0, sentence_ids=None, score: str = "delta") -> PairScorer:
+def _scorer(n: int, k: int = 3, e: int = 16, seed: int = 0, sentence_ids=None, score: str = "delta",
+            same_sentence: str = "mask") -> PairScorer:
     g = torch.Generator().manual_seed(seed)
     norm = lambda x: torch.nn.functional.normalize(x, dim=-1).half()  # noqa: E731
     ids = torch.arange(100, 100 + n)  # sample ids need not start at 0
     sentences = ids.clone() if sentence_ids is None else torch.as_tensor(sentence_ids)
     traj = Trajectory(list(range(k)), ids, sentences, norm(torch.randn(k, n, e, generator=g)),
                       norm(torch.randn(k, n, e, generator=g)), [Path("run/trajectories/ref-0000.safetensors")])
-    return PairScorer(traj, score=score)
+    return PairScorer(traj, score=score, same_sentence=same_sentence)
 
 
 # --- schedules ---------------------------------------------------------------------------------------
@@ -42,13 +43,12 @@ def test_rising_schedules_go_from_start_to_end_monotonically(name):
     assert custom.alpha(-1.0) == pytest.approx(0.2) and custom.alpha(3.0) == pytest.approx(0.9)  # clamped
 
 
-def test_schedule_values_and_ablations():
+def test_schedule_formulas():
     assert CurriculumSchedule("linear").alpha(0.25) == 0.25
     assert CurriculumSchedule("sqrt").alpha(0.25) == 0.5
-    assert CurriculumSchedule("log").alpha(0.5) == pytest.approx(math.log(5.5) / math.log(10))
-    assert CurriculumSchedule("log", log_base=100).alpha(0.5) == pytest.approx(math.log(50.5) / math.log(100))
-    # both concave schedules front-load the hardening compared with linear
-    assert CurriculumSchedule("log").alpha(0.5) > CurriculumSchedule("sqrt").alpha(0.5) > 0.5
+    for x in (0.01, 0.1, 0.5, 0.9):  # the pacing function 1 + 0.1 ln(x + e^-10), written out
+        assert CurriculumSchedule("log").alpha(x) == pytest.approx(1 + 0.1 * math.log(x + math.exp(-10)))
+    assert CurriculumSchedule("log").alpha(0.0) == 0.0 and CurriculumSchedule("log").alpha(1.0) == 1.0  # clipped
     for x in (0.0, 0.3, 1.0):
         assert CurriculumSchedule("easy").alpha(x) == 0.0
         assert CurriculumSchedule("hard").alpha(x) == 1.0
@@ -60,10 +60,27 @@ def test_schedule_values_and_ablations():
         CurriculumSchedule("log", alpha_end=1.5)
 
 
-def test_epoch_progress_reaches_both_ends():
-    assert [epoch_progress(e, 5) for e in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+def test_the_three_rising_schedules_are_different_shapes():
+    """Where they differ: early. log takes hard negatives almost at once, sqrt in between, linear last.
+    (Broken variant tried: the earlier log10(1 + 9x), which stays within 0.065 of sqrt everywhere: fails.)"""
+    log, sqrt, linear = (CurriculumSchedule(name) for name in ("log", "sqrt", "linear"))
+    for x in np.linspace(0.01, 0.99, 99):
+        assert log.alpha(x) > sqrt.alpha(x) > linear.alpha(x), x
+    assert log.alpha(0.1) == pytest.approx(0.770, abs=1e-3) and sqrt.alpha(0.1) == pytest.approx(0.316, abs=1e-3)
+    assert max(log.alpha(x) - sqrt.alpha(x) for x in np.linspace(0, 1, 101)) > 0.4
+    assert max(sqrt.alpha(x) - linear.alpha(x) for x in np.linspace(0, 1, 101)) == pytest.approx(0.25, abs=1e-3)
+    # over a 10-epoch run (x = e / 10): the epochs at which alpha first reaches 0.75
+    first = {name: next(e for e in range(10) if CurriculumSchedule(name).alpha_at_epoch(e, 10) >= 0.75)
+             for name in ("log", "sqrt", "linear")}
+    assert first == {"log": 1, "sqrt": 6, "linear": 8}
+
+
+def test_epoch_progress_is_the_papers_e_over_E():
+    assert [epoch_progress(e, 5) for e in range(5)] == [0.0, 0.2, 0.4, 0.6, 0.8]
     assert epoch_progress(0, 1) == 0.0
-    assert CurriculumSchedule("linear").alpha_at_epoch(9, 10) == 1.0
+    # the last epoch of a rising schedule is not the hard-only ablation
+    assert CurriculumSchedule("linear").alpha_at_epoch(9, 10) == pytest.approx(0.9)
+    assert CurriculumSchedule("log").alpha_at_epoch(9, 10) < 1.0
     with pytest.raises(ValueError):
         epoch_progress(0, 0)
 
@@ -74,31 +91,51 @@ def test_quantile_index_ends():
 
 # --- greedy batch construction ---------------------------------------------------------------------------
 def _pair_matrix(scorer: PairScorer) -> np.ndarray:
-    """Brute force: score(a, b) + score(b, a) for all trajectory positions, 0 where not a negative pair."""
+    """Brute force: sym(a, b) = score(a, b) + score(b, a) for all trajectory positions, NaN where not a negative."""
     ids = scorer.sample_ids
     block = scorer.score_block(ids, ids).double()
-    return torch.nan_to_num(block + block.T, nan=0.0).numpy()
+    return (block + block.T).numpy()
 
 
-def _check_greedy(pair: np.ndarray, members: list[int], available: set[int], alpha: float) -> None:
-    """Every member after the seed is the alpha-quantile candidate by change in batch score."""
-    available = set(available) - {members[0]}
+def _check_greedy(pair: np.ndarray, members: list[int], candidates: list[int], alpha: float, by_sum: bool,
+                  rng: np.random.Generator | None = None) -> None:
+    """Every member after the seed is the alpha-quantile candidate, by brute force: a candidate's value is the sum
+    (by_sum: every other sample a negative) or the mean of sym over its negative pairs with the members; one
+    without any negative pair takes the value of a randomly drawn candidate, replayed from `rng` (None: such
+    steps are only checked for the candidates that have pairs)."""
+    available = [c for c in candidates if c != members[0]]
     for step, chosen in enumerate(members[1:]):
         batch = members[: step + 1]
-        candidates = sorted(available)
-        change = {c: sum(pair[c, b] for b in batch) for c in candidates}
-        ranked = sorted(change.values())
-        assert change[chosen] == pytest.approx(ranked[quantile_index(alpha, len(ranked))], abs=1e-4), step
+        value, no_pair = {}, []
+        for c in available:
+            real = [pair[c, b] for b in batch if not np.isnan(pair[c, b])]
+            if real:
+                value[c] = float(np.sum(real) if by_sum else np.mean(real))
+            else:
+                no_pair.append(c)
+        if no_pair and rng is None:
+            assert chosen in no_pair or chosen in value, step
+        else:
+            if no_pair:
+                informative = [c for c in available if c in value]
+                for c, donor in zip(no_pair, rng.choice(np.array(informative), size=len(no_pair))):
+                    value[c] = value[int(donor)]
+            ranked = sorted(value.values())
+            assert value[chosen] == pytest.approx(ranked[quantile_index(alpha, len(ranked))], abs=1e-4), step
         available.remove(chosen)
 
 
+@pytest.mark.parametrize("same_sentence", ["mask", "negative"])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_greedy_builder_takes_the_quantile_candidate(alpha):
-    scorer = _scorer(30, sentence_ids=[i // 3 if i < 9 else 100 + i for i in range(30)])  # some shared sentences
-    candidates = np.array([p for p in range(30) if p != 4])
-    members = build_greedy_batch(scorer, 4, candidates, 10, alpha)
+def test_greedy_builder_takes_the_quantile_candidate(alpha, same_sentence):
+    """Broken variants tried: twin pairs counted as 0 in the sum (the old rule), and a no-pair candidate valued
+    at the mean of the others instead of a drawn one: both fail for same_sentence=mask."""
+    scorer = _scorer(30, sentence_ids=[i // 3 if i < 9 else 100 + i for i in range(30)], same_sentence=same_sentence)
+    candidates = [p for p in range(30) if p != 4]
+    members = build_greedy_batch(scorer, 4, np.array(candidates), 10, alpha, rng=np.random.default_rng(5))
     assert members[0] == 4 and len(set(members)) == 10
-    _check_greedy(_pair_matrix(scorer), members, set(candidates), alpha)
+    _check_greedy(_pair_matrix(scorer), members, candidates, alpha, by_sum=same_sentence == "negative",
+                  rng=np.random.default_rng(5))
 
 
 def test_full_sampler_is_the_greedy_quantile_over_all_remaining_samples():
@@ -109,7 +146,7 @@ def test_full_sampler_is_the_greedy_quantile_over_all_remaining_samples():
         used: set[int] = set()
         for batch in sampler.epoch_batches(epoch):
             positions = scorer.trajectory.positions(batch).tolist()
-            _check_greedy(pair, positions, set(range(50)) - used, sampler.alpha(epoch))
+            _check_greedy(pair, positions, sorted(set(range(50)) - used), sampler.alpha(epoch), by_sum=False)
             used |= set(positions)
 
 
@@ -122,7 +159,7 @@ def test_hard_batches_score_higher_than_easy_batches():
         scores = []
         for batch in sampler.epoch_batches(0):
             p = scorer.trajectory.positions(batch).numpy()
-            scores.append(pair[np.ix_(p, p)].sum() / 2)
+            scores.append(np.nansum(pair[np.ix_(p, p)]) / 2)
         return float(np.mean(scores))
 
     assert mean_batch_score("easy") < 0 < mean_batch_score("hard")
@@ -201,4 +238,5 @@ def test_sampler_validation():
 def test_generic_scores_drive_the_sampler_too():
     scorer = _scorer(40, score="var")
     sampler = CurriculumBatchSampler(scorer, 8, CurriculumSchedule("hard"), num_epochs=1, seed=0)
-    _check_greedy(_pair_matrix(scorer), scorer.trajectory.positions(sampler.epoch_batches(0)[0]).tolist(), set(range(40)), 1.0)
+    _check_greedy(_pair_matrix(scorer), scorer.trajectory.positions(sampler.epoch_batches(0)[0]).tolist(),
+                  list(range(40)), 1.0, by_sum=False)

@@ -32,15 +32,15 @@ def test_run_directory_describes_itself(reference_run):
                  "model_config/config.json", "tokenizer/tokenizer_config.json", "checkpoints/latest"):
         assert (reference_run / name).is_file(), f"{name} missing from the run directory"
     assert list((reference_run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard events"
-    assert sorted(p.name for p in (reference_run / "trajectories").iterdir()) == ["ref-0001.safetensors",
-                                                                                  "ref-0002.safetensors"]
+    assert sorted(p.name for p in (reference_run / "trajectories").iterdir()) == [
+        f"ref-{epoch:04d}.safetensors" for epoch in (1, 2, 3, 4)]
     config = json.loads((reference_run / "config.json").read_text())
     ds_config = json.loads((reference_run / "ds_config.json").read_text())
     assert config["record_trajectory_every"] == 1 and config["negatives"] == "random"
-    assert ds_config["train_batch_size"] == config["micro_batch_size"] == 8  # one rank, no accumulation
+    assert ds_config["train_batch_size"] == config["micro_batch_size"] == 16  # one rank, no accumulation
     assert json.loads((reference_run / "environment.json").read_text())["world_size"] == 1
     latest = (reference_run / "checkpoints" / "latest").read_text().strip()
-    assert latest == "step-000008"  # 2 epochs x 32 samples / 8 per step
+    assert latest == "step-000008"  # 4 epochs x 32 samples / 16 per step
     assert json.loads((reference_run / "checkpoints" / latest / "complete.json").read_text())["step"] == 8
     assert sorted(read_metrics(reference_run)) == list(range(1, 9))
 
@@ -69,8 +69,8 @@ def test_resume_from_a_mid_run_checkpoint_is_exact(reference_run, shards, tmp_pa
     for tag in ("step-000006", "step-000008"):
         shutil.rmtree(crashed / "checkpoints" / tag)
     (crashed / "metrics.jsonl").unlink()
-    (crashed / "trajectories" / "ref-0001.safetensors").unlink()  # written after step 4: lost as well
-    (crashed / "trajectories" / "ref-0002.safetensors").unlink()
+    for epoch in (2, 3, 4):  # written after steps 4, 6 and 8: lost as well (epoch 1's, after step 2, survives)
+        (crashed / "trajectories" / f"ref-{epoch:04d}.safetensors").unlink()
 
     run_main(pretrain.main, reference_args(shards, crashed))  # the reference run's command, same seed
 
@@ -79,7 +79,7 @@ def test_resume_from_a_mid_run_checkpoint_is_exact(reference_run, shards, tmp_pa
     for step in resumed:
         for key in ("loss", "contrastive_loss", "translation_loss", "lr"):
             assert resumed[step][key] == original[step][key], (step, key, resumed[step], original[step])
-    for epoch in (1, 2):  # embeddings of the whole training split: the weights are the same too
+    for epoch in (2, 3, 4):  # embeddings of the whole training split: the weights are the same too
         name = f"trajectories/ref-{epoch:04d}.safetensors"
         again, before = load_file(crashed / name), load_file(reference_run / name)
         assert again.keys() == before.keys()
