@@ -29,14 +29,14 @@ Batches. `CurriculumBatchSampler` builds every global batch greedily (the paper)
 then B - 1 times: every candidate c gets the change in batch score if it joined, the sum over members b of
 sym(c, b); candidates are sorted ascending and the one at quantile alpha(epoch) joins. Candidates are all
 samples not yet used this epoch, or, with `pool_size=P`, P of them drawn at random once per batch (bounds
-the cost for large N). When twins are not negatives, a candidate's twin pairs with members add nothing to
-the batch score, and ranking the plain sum of its real pairs would treat them as 0, an arbitrary value that
-pulls twins towards whatever quantile 0 happens to sit at (measured: 7 twin pairs per PS batch against 0.35
-in random batches). So candidates are ranked by their mean over real negative pairs with the members, which
-is the sum with each twin pair imputed at the candidate's own mean: the same order as the paper's sum when
-no twin is involved. A candidate with no real pair yet (a twin of every member, e.g. of the seed at the
-first step) gets the value of a randomly drawn candidate (hot-deck imputation): its rank is then uniform,
-as in random batches. benchmarks/results/sampler.md measures twins per batch, PS against random.
+the cost for large N). When twins are not negatives (`mask`, `positive`), a twin's pair with a member adds
+nothing real to the batch score; counting it as 0 (as we did) is an arbitrary value that pulls twins towards
+or away from whatever quantile 0 sits at. Instead, when member b joins, each candidate twin of b takes the
+b-entry of a randomly drawn candidate that is a negative of b (hot-deck imputation within b's column): its
+sum is then distributed like any other candidate's, so the builder neither seeks nor avoids twins for the
+fill value's sake. Twins whose own trajectories are alike (the same sentence: identical text, similar
+videos) still rank alike, as in the paper's plain InfoNCE. benchmarks/results/sampler.md measures twins per
+batch, PS against random. With `negative`, every pair counts with its own score (the paper).
 Each sample appears at most once per epoch; with drop_last=True the N mod B samples left at the end of the
 epoch are skipped (a different random set each epoch, because the seeds are random), with drop_last=False
 they form a last, smaller batch. The whole epoch is planned from (seed, epoch) alone; `rank_slice` cuts a
@@ -273,9 +273,8 @@ def build_greedy_batch(
     rng: np.random.Generator | None = None,
 ) -> list[int]:
     """Grow a batch from trajectory position `seed`: batch_size - 1 times, take the candidate at quantile alpha of
-    the change in batch score (per real negative pair when twins are not negatives; see the module docstring).
-    `rng` draws the hot-deck values of candidates without any real pair. Returns the member positions in the
-    order they joined."""
+    the change in batch score (twin entries imputed when twins are not negatives; see the module docstring).
+    `rng` draws the donors of the imputed entries. Returns the member positions in the order they joined."""
     candidates = np.asarray(candidates, dtype=np.int64)
     if batch_size - 1 > len(candidates):
         raise ValueError(f"{len(candidates)} candidates cannot fill a batch of {batch_size}")
@@ -283,28 +282,23 @@ def build_greedy_batch(
     positions = np.concatenate([[int(seed)], candidates])
     contributions = scorer.batch_contributions(positions)
     sentences = scorer.sentence_ids.numpy()[positions]
-    count_every_pair = scorer.twins_are_negatives
-    # total[i] = sum of sym(positions[i], member) over its negative pairs with the members, real[i] = how many.
-    total = np.zeros(len(positions), dtype=np.float32)
-    real = np.zeros(len(positions), dtype=np.int64)
+    impute_twins = not scorer.twins_are_negatives
+    total = np.zeros(len(positions), dtype=np.float32)  # change in batch score if positions[i] joined
     available = np.ones(len(positions), dtype=bool)
     available[0] = False
     last, members = 0, [int(seed)]
     for step in range(batch_size - 1):
-        added = contributions(last)
-        if count_every_pair:  # the paper's plain InfoNCE: every other sample is a negative; rank by the sum
-            total += added
-            value = total.copy()
-        else:
-            negative = sentences != sentences[last]
-            total += np.where(negative, added, np.float32(0.0))
-            real += negative
-            value = total / np.maximum(real, 1).astype(np.float32)
-            no_pair = available & (real == 0)
-            if no_pair.any():
-                informative = np.flatnonzero(available & (real > 0))
-                if len(informative):
-                    value[no_pair] = value[rng.choice(informative, size=int(no_pair.sum()))]
+        added = contributions(last)  # the new member's column: sym(candidate, member) for every candidate
+        if impute_twins:
+            # A twin of the new member is not its negative: its entry of this column is drawn from the entries of
+            # the candidates that are (hot-deck imputation), so it is distributed like any other candidate's.
+            twins = available & (sentences == sentences[last])
+            donors = np.flatnonzero(available & (sentences != sentences[last]))
+            if twins.any() and len(donors):
+                added = added.copy()
+                added[twins] = added[rng.choice(donors, size=int(twins.sum()))]
+        total += added
+        value = total.copy()
         # Members hold NaN, which numpy's partition orders after every number, so the available candidates are
         # always the first n - step entries.
         value[~available] = np.nan
@@ -313,6 +307,16 @@ def build_greedy_batch(
         available[last] = False
         members.append(int(positions[last]))
     return members
+
+
+def same_sentence_pairs(batches: Sequence[Sequence[int]], sample_ids, sentence_ids) -> float:
+    """Mean number of same-sentence pairs ("twins") per batch: the measure of twins in PS and random batches."""
+    sentence_of = dict(zip(np.asarray(sample_ids).tolist(), np.asarray(sentence_ids).tolist()))
+    counts = []
+    for batch in batches:
+        _, per_sentence = np.unique([sentence_of[int(i)] for i in batch], return_counts=True)
+        counts.append(int((per_sentence * (per_sentence - 1) // 2).sum()))
+    return float(np.mean(counts)) if counts else 0.0
 
 
 def rank_slice(global_batch: Sequence[int], rank: int, world_size: int) -> list[int]:
