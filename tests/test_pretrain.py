@@ -358,6 +358,67 @@ def test_pair_selection_pretraining_on_two_ranks(reference_run, shards, tmp_path
     assert (run / "checkpoints" / "step-000008" / "complete.json").is_file()
 
 
+class _FakeEngine:
+    """What embed_split needs of an engine: features that depend on each sample alone (its first 8 pixel values per
+    frame; its token ids), so one process and two ranks must give the same numbers."""
+
+    device = torch.device("cpu")
+    module = torch.nn.Module()
+
+    def bfloat16_enabled(self):
+        return False
+
+    def fp16_enabled(self):
+        return False
+
+    def eval(self):
+        self.module.train(False)
+
+    def train(self, mode=True):
+        self.module.train(mode)
+
+    def __call__(self, frames, frame_mask, text_ids, text_mask, labels):
+        from recipe.features import ContrastiveFeatures
+
+        video = frames.flatten(2)[..., :8].float() * frame_mask[..., None]
+        text = (text_ids.float()[..., None] + torch.arange(8.0)) * text_mask[..., None]
+        return ContrastiveFeatures(video, frame_mask.bool(), text, text_mask.bool()), None, None
+
+
+def _embed_on_ranks(rank: int, world_size: int, shards: str, tokenizer_dir: str):
+    from types import SimpleNamespace
+
+    from recipe.dist import DistEnv
+    from recipe.pretrain import PretrainingTask
+    from recipe.tokenizer import load_tokenizer
+    from sharded_data.reader import ReaderConfig
+
+    task = SimpleNamespace(config=SimpleNamespace(data=shards, micro_batch_size=2, max_text_tokens=16),
+                           env=DistEnv(rank=rank, world_size=world_size, local_rank=rank, local_world_size=world_size),
+                           reader=ReaderConfig(frame_size=16, max_frames=16, num_workers=0),
+                           tokenizer=load_tokenizer(tokenizer_dir))
+    return PretrainingTask.embed_split(task, _FakeEngine(), "train", storage=torch.float16)
+
+
+def test_trajectory_embeddings_are_gathered_on_rank_0_only_in_fp16(shards, reference_run):
+    """Two gloo ranks embed half the split each and send it, batch by batch, to rank 0 alone (the others keep
+    nothing), as fp16: the same features, bitwise, as one process embedding everything."""
+    args = (str(shards), str(reference_run / "tokenizer"))
+    alone = _embed_on_ranks(0, 1, *args)
+    rank0, rank1 = run_on_ranks(_embed_on_ranks, world_size=2, args=args)
+    assert rank1 is None
+    ids, sentences, features = rank0
+    assert ids.tolist() == sorted(ids.tolist()) and len(ids) == 32
+    assert torch.equal(ids, alone[0]) and torch.equal(sentences, alone[1])
+    for name in ("video", "video_mask", "text", "text_mask"):
+        mine, reference = getattr(features, name), getattr(alone[2], name)
+        length = min(mine.shape[1], reference.shape[1])  # padded to each process's longest
+        assert torch.equal(mine[:, :length], reference[:, :length]), name
+    assert features.video.dtype == features.text.dtype == torch.float16
+    norms = features.video.float().norm(dim=-1)[features.video_mask]
+    torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-3, rtol=0)  # normalised in float32
+
+
 # --- one run instead of two: --reference-run self ---------------------------------------------------------
 def self_reference_args(data: Path, out: Path) -> list[str]:
     """One rank, 16 samples per step, 5 epochs of 2 steps: random negatives while recording its own trajectory
