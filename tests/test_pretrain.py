@@ -402,7 +402,8 @@ def _embed_on_ranks(rank: int, world_size: int, shards: str, tokenizer_dir: str)
 
 def test_trajectory_embeddings_are_gathered_on_rank_0_only_in_fp16(shards, reference_run):
     """Two gloo ranks embed half the split each and send it, batch by batch, to rank 0 alone (the others keep
-    nothing), as fp16: the same features, bitwise, as one process embedding everything."""
+    nothing), as fp16: the same features, bitwise, as one process embedding everything. (Broken variant tried:
+    every rank returning a result, as the former all_gather_object did: fails.)"""
     args = (str(shards), str(reference_run / "tokenizer"))
     alone = _embed_on_ranks(0, 1, *args)
     rank0, rank1 = run_on_ranks(_embed_on_ranks, world_size=2, args=args)
