@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make `recipe` importable
@@ -149,6 +150,19 @@ class PretrainingTask:
         the score matrix on its device, or reuses the run's cache), and build the curriculum sampler."""
         config = self.config
         trajectory = load_trajectory(self.reference, load_tokens=False)
+        if self.self_reference:
+            expected = reference_epochs(config.record_trajectory_every, config.self_reference_checkpoints)
+            waited = 0
+            while trajectory.epochs != expected and waited < 60:  # a shared file system may list new files late
+                time.sleep(5)
+                waited += 5
+                trajectory = load_trajectory(self.reference, load_tokens=False)
+            if trajectory.epochs != expected:
+                raise RuntimeError(
+                    f"{self.reference / 'trajectories'} holds reference checkpoints of epochs {trajectory.epochs}, but "
+                    f"--reference-run self records exactly those of epochs {expected} (--record-trajectory-every "
+                    f"{config.record_trajectory_every}, --self-reference-checkpoints {config.self_reference_checkpoints}):"
+                    " remove the stray files, or start this run in a fresh --out")
         require_reference_checkpoints(trajectory)
         symmetric = None
         if self.ps_similarity == "token":

@@ -21,7 +21,8 @@ Costs at N = 18,401 and 100k: benchmarks/results/sampler.md.
 Layout: RUN/ps_scores/KEY/rows-{start:08d}-{stop:08d}.npy, one row range per rank (rank r of W computes rows
 [r N / W, (r+1) N / W)), and manifest.json, written by rank 0 once every part exists. KEY hashes what the
 scores depend on (the reference files, their sizes and modification times, the score and the similarity),
-so a resumed run reuses the cache and a changed reference never meets a stale one.
+so a resumed run reuses the cache and a changed reference never meets a stale one (rank 0 removes the
+others once a new cache is complete).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import bisect
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -214,6 +216,9 @@ def cached_symmetric_scores(
             tmp = folder / f".manifest.json.tmp-{os.getpid()}"
             tmp.write_text(json.dumps(manifest, indent=1))
             os.replace(tmp, folder / "manifest.json")
+            for stale in Path(cache_root).iterdir():  # scores of an earlier reference (N^2 bytes each): gone
+                if stale.is_dir() and stale != folder:
+                    shutil.rmtree(stale, ignore_errors=True)
         if distributed:
             dist.barrier()
     return _open_cache(folder, n)
