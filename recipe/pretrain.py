@@ -213,8 +213,11 @@ class PretrainingTask:
         selection = self.selection if pair_selection else None
         if selection is not None:
             selection.set_epoch(self.epoch)
+        # Padding rows (stand-ins for skipped samples) are flagged for the loss; a batch without any, nearly all of
+        # them, is checked on the CPU tensor (no device sync) and takes the loss's plain mean.
+        padded = {} if bool(batch["valid"].all()) else {"valid": valid}
         contrastive = self.loss_fn(features, logit_scale, batch["sample_ids"].to(engine.device),
-                                   batch["sentence_ids"].to(engine.device), selection=selection, valid=valid)
+                                   batch["sentence_ids"].to(engine.device), selection=selection, **padded)
         loss = contrastive["loss"]
         metrics = {"contrastive_loss": contrastive["loss"].detach(), "temperature": 1.0 / logit_scale.detach().exp(),
                    "kept_negative_fraction": contrastive["kept_negative_fraction"]}
