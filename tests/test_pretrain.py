@@ -456,7 +456,8 @@ def test_self_reference_resumes_exactly_in_either_phase(self_reference_run, shar
                                                        lost_trajectories):
     """Crash after step 3 (random phase: the later trajectory points and the switch are redone) or after step 9
     (Pair Selection phase; the score cache is lost too and recomputed), rerun the same command: the same
-    losses, bitwise, and the same trajectory files."""
+    losses, bitwise, and the same trajectory files. (Broken variant tried: the curriculum anchored at the epoch
+    the process started Pair Selection in rather than the first PS epoch: the Pair Selection case fails.)"""
     from safetensors.torch import load_file
 
     from recipe import pretrain
