@@ -86,15 +86,30 @@ class PretrainConfig(TrainConfig):
     same_sentence: str = option("mask", "same-sentence pairs: masked out, extra positives, or ordinary negatives "
                                 "(masking off: the ablation)", choices=("mask", "positive", "negative"))
     negatives: str = option("random", "negatives: random in-batch, or Pair Selection", choices=("random", "ps"))
-    curriculum: str = option("log", "Pair Selection schedule", choices=("log", "linear", "sqrt", "easy", "hard"))
-    ps_score: str = option("delta", "Pair Selection score", choices=("delta", "mean", "slope", "var", "last"))
+    curriculum: str = option("log", "Pair Selection schedule: alpha (0 = easiest, 1 = hardest candidate) = f(e / E) "
+                             "at epoch e of E; log: 1 + 0.1 ln(x + e^-10) (the paper's best), linear: x, sqrt: "
+                             "sqrt(x); easy, hard: the ablations (recipe/curriculum.py)",
+                             choices=("log", "linear", "sqrt", "easy", "hard"))
+    ps_score: str = option("delta", "Pair Selection score of a pair's similarity trajectory: delta = last - first "
+                           "(the paper's); mean, slope, var, last: our alternatives",
+                           choices=("delta", "mean", "slope", "var", "last"))
+    ps_similarity: str = option("loss", "similarity the Pair Selection trajectories are scored with: loss = the "
+                                "loss's --similarity (the paper: the similarity it trains with); token, cls, mean; "
+                                "pooled = mean (the stored masked-mean vectors)",
+                                choices=("loss", "token", "cls", "mean", "pooled"))
     ps_pool_size: int = option(512, "candidates drawn per batch for the greedy builder (0 = all remaining samples: "
                                     "exact, but ~70 CPU s per epoch at 18k samples)")
-    ps_keep_fraction: float = option(0.5, "share of each sample's negatives the Pair Selection mask keeps, a window "
-                                          "that slides from the easiest to the hardest with the curriculum "
-                                          "(1.0 = curriculum batches only; same-sentence pairs are always removed)")
-    reference_run: str = option("", "reference run whose trajectories drive Pair Selection (--negatives ps)")
-    record_trajectory_every: int = option(0, "embed the training split every k epochs (reference run); 0 = off")
+    ps_keep_fraction: float = option(1.0, "our extension, off at 1.0 (the paper: every in-batch negative counts): "
+                                          "< 1 keeps only this share of each sample's negatives in the loss, a window "
+                                          "sliding from the easiest to the hardest with the curriculum")
+    reference_run: str = option("", "run whose trajectories drive Pair Selection (--negatives ps), recorded with "
+                                "--record-trajectory-every; 'self' (beyond the paper: one run instead of two): "
+                                "random negatives while this run records its own trajectory "
+                                "(--record-trajectory-every k, --self-reference-checkpoints K), Pair Selection after")
+    self_reference_checkpoints: int = option(3, "--reference-run self: reference checkpoints to record (after epoch 1, "
+                                             "then every k epochs) before switching to Pair Selection")
+    record_trajectory_every: int = option(0, "record a reference checkpoint (embed the training split) after epoch 1 "
+                                          "and then every k epochs (the paper: k = 5); 0 = off")
     label_smoothing: float = option(0.2, "label smoothing of the translation loss")
 
 
@@ -159,7 +174,18 @@ def validate(config: TrainConfig) -> None:
                         "that pretraining run: drop them")
     if isinstance(config, PretrainConfig):
         if config.negatives == "ps" and not config.reference_run:
-            problems.append("--negatives ps needs --reference-run RUN (a run made with --record-trajectory-every k)")
+            problems.append("--negatives ps needs --reference-run RUN (a run made with --record-trajectory-every k) "
+                            "or --reference-run self")
+        if config.reference_run == "self" and config.negatives != "ps":
+            problems.append("--reference-run self is a Pair Selection run: add --negatives ps")
+        if config.reference_run == "self" and config.record_trajectory_every < 1:
+            problems.append("--reference-run self records its own trajectory: give --record-trajectory-every k >= 1 "
+                            "(the paper: k = 5)")
+        if config.reference_run == "self" and config.self_reference_checkpoints < 3:
+            problems.append(f"--self-reference-checkpoints must be >= 3 (a trajectory, not one difference), got "
+                            f"{config.self_reference_checkpoints}")
+        if config.ps_pool_size < 0:
+            problems.append(f"--ps-pool-size must be >= 0 (0 = every remaining sample), got {config.ps_pool_size}")
         if not 0.0 < config.ps_keep_fraction <= 1.0:
             problems.append(f"--ps-keep-fraction must lie in (0, 1], got {config.ps_keep_fraction}")
         if config.micro_batch_size < 2 and config.negatives == "ps":

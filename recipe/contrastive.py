@@ -22,6 +22,10 @@ Negatives:
 - A selection hook (Pair Selection) says which remaining negatives to KEEP, per (local sample, global
   sample) pair; the decision applies to both directions (video i vs text j, and text i vs video j).
   The positive is never dropped. `kept_negative_fraction` reports kept / candidate negatives on this rank.
+- Padding rows (`valid=False`: the loader's copies of a real row, standing in for a sample it had to skip)
+  take no part: never a negative, never a positive of any row, and their own rows add nothing to the loss
+  (each direction is the mean over this rank's valid rows). A copy shares its original's sample and sentence
+  ids, so under `same_sentence="negative"` it would otherwise push a clip away from itself.
 """
 from __future__ import annotations
 
@@ -62,6 +66,10 @@ class GatheredBatch:
     """`sample_ids` on the CPU (for a selection hook that looks them up on the host)."""
     host_local_sample_ids: torch.Tensor | None = None
     """`local_sample_ids` on the CPU; None = `host_sample_ids` (world size 1)."""
+    local_valid: torch.Tensor | None = None
+    """bool [b]: False on padding rows; None = every row is real."""
+    valid: torch.Tensor | None = None
+    """bool [G]: the same for the global batch."""
 
     @property
     def local_batch_size(self) -> int:
@@ -136,12 +144,13 @@ def gather_features(
     sample_ids: torch.Tensor,
     sentence_ids: torch.Tensor,
     group: dist.ProcessGroup | None = None,
+    valid: torch.Tensor | None = None,
 ) -> GatheredBatch:
-    """All-gather features (with autograd), masks and ids; identity without a multi-rank process group.
+    """All-gather features (with autograd), masks, ids and validity; identity without a multi-rank process group.
 
-    Shapes and ids travel between hosts (`_gather_host`), token features and masks between devices, so
-    nothing here makes the host wait for the GPU. `sample_ids`/`sentence_ids` may be given on the CPU (best:
-    they come from the batch) or on the device.
+    Shapes, ids and validity flags travel between hosts (`_gather_host`), token features and masks between
+    devices, so nothing here makes the host wait for the GPU. `sample_ids`/`sentence_ids`/`valid` may be given
+    on the CPU (best: they come from the batch) or on the device.
     """
     device = features.video.device
     host_sample_ids, host_sentence_ids = _host_ids(sample_ids), _host_ids(sentence_ids)
@@ -150,12 +159,17 @@ def gather_features(
             f"{features.batch_size} samples but {host_sample_ids.numel()} sample ids and "
             f"{host_sentence_ids.numel()} sentence ids"
         )
+    given = valid is not None  # without flags every row is real (and the loss is a plain mean over rows)
+    host_valid = torch.ones(features.batch_size, dtype=torch.bool) if not given else _host_ids(valid).bool()
+    if host_valid.numel() != features.batch_size:
+        raise ValueError(f"{features.batch_size} samples but {host_valid.numel()} validity flags")
     if features.video.shape[-1] != features.text.shape[-1]:
         raise ValueError(f"video dim {features.video.shape[-1]} != text dim {features.text.shape[-1]}")
     sample_ids, sentence_ids = _to_device(host_sample_ids, device), _to_device(host_sentence_ids, device)
+    valid = _to_device(host_valid, device)
     if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return GatheredBatch(features, sample_ids, sentence_ids, features, sample_ids, sentence_ids, offset=0,
-                             host_sample_ids=host_sample_ids)
+                             host_sample_ids=host_sample_ids, local_valid=valid if given else None, valid=valid)
 
     rank = dist.get_rank(group)
     batch, video_len, text_len = features.batch_size, features.video.shape[1], features.text.shape[1]
@@ -169,11 +183,11 @@ def gather_features(
     video, video_mask = _pad_tokens(features.video, features.video_mask, max_video)
     text, text_mask = _pad_tokens(features.text, features.text_mask, max_text)
 
-    # One collective for both token tensors, one for both masks, one (host side) for the ids.
+    # One collective for both token tensors, one for both masks, one (host side) for ids and validity.
     tokens = _all_gather(torch.cat([video, text], dim=1), group)
     with torch.no_grad():
         masks = _all_gather(torch.cat([video_mask, text_mask], dim=1).to(torch.uint8), group).bool()
-    ids = _gather_host(torch.stack([host_sample_ids, host_sentence_ids], dim=1), group, device)
+    ids = _gather_host(torch.stack([host_sample_ids, host_sentence_ids, host_valid.long()], dim=1), group, device)
     device_ids = _to_device(ids, device)
     gathered = ContrastiveFeatures(
         video=tokens[:, :max_video],
@@ -191,6 +205,8 @@ def gather_features(
         offset=rank * batch,
         host_sample_ids=ids[:, 0],
         host_local_sample_ids=host_sample_ids,
+        local_valid=valid if given else None,
+        valid=device_ids[:, 2].bool(),
     )
 
 
@@ -226,8 +242,13 @@ def contrastive_loss(
 
     rows = torch.arange(batch.local_batch_size, device=sim_v2t.device)
     positive_column = batch.offset + rows
-    same = batch.local_sentence_ids[:, None] == batch.sentence_ids[None, :]  # includes each row's own positive
-    negatives = ~same
+    real_column = (torch.ones(batch.global_batch_size, dtype=torch.bool, device=sim_v2t.device) if batch.valid is None
+                   else batch.valid.to(sim_v2t.device))
+    real_row = None if batch.local_valid is None else batch.local_valid.to(sim_v2t.device)
+    # Padding columns are nothing to anyone: not negatives, not twins, not positives.
+    same = (batch.local_sentence_ids[:, None] == batch.sentence_ids[None, :]) & real_column[None, :]
+    same[rows, positive_column] = True  # each row's own positive (a padding row's too; its loss is dropped below)
+    negatives = ~same & real_column[None, :]
     keep = negatives
     twins = same.clone()  # other samples of the row's sentence
     twins[rows, positive_column] = False
@@ -258,12 +279,14 @@ def contrastive_loss(
         target = same.float() / same.sum(dim=1, keepdim=True)
 
     scale = logit_scale.float().exp()
-    loss_v2t = _cross_entropy(scale * sim_v2t.float(), allowed, target)
-    loss_t2v = _cross_entropy(scale * sim_t2v.float(), allowed, target)
-    candidates = negatives.sum()
+    loss_v2t = _cross_entropy(scale * sim_v2t.float(), allowed, target, real_row)
+    loss_t2v = _cross_entropy(scale * sim_t2v.float(), allowed, target, real_row)
+    counted = torch.ones_like(real_column[: len(rows)]) if real_row is None else real_row
+    candidates = (negatives & counted[:, None]).sum()
     # No candidate negatives at all (every sample of the global batch says the same sentence): nothing was
     # dropped. torch.where, not a Python `if` on a device tensor (that would wait for the GPU every step).
-    fraction = torch.where(candidates > 0, keep.sum() / candidates.clamp_min(1), torch.ones((), device=same.device))
+    fraction = torch.where(candidates > 0, (keep & counted[:, None]).sum() / candidates.clamp_min(1),
+                           torch.ones((), device=same.device))
     return {
         "loss": (loss_v2t + loss_t2v) / 2,
         "loss_v2t": loss_v2t,
@@ -272,17 +295,23 @@ def contrastive_loss(
     }
 
 
-def _cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over rows; columns outside `allowed` take no part (logit -inf).
-
-    `target` is either the column index of the single positive, or a probability row (multi-positive).
+def _cross_entropy(logits: torch.Tensor, allowed: torch.Tensor, target: torch.Tensor,
+                   rows: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy over the rows marked in `rows` (None: all); columns outside `allowed` take no part
+    (logit -inf). `target` is either the column index of the single positive, or a probability row
+    (multi-positive). Without a single real row the loss is 0, still attached to the logits (every rank must
+    run its backward), and no host synchronisation decides which case applies.
     """
     logits = logits.masked_fill(~allowed, float("-inf"))
     if target.dtype == torch.long:
-        return F.cross_entropy(logits, target)
-    # Zero the -inf log-probabilities of excluded columns (their target is 0) so 0 * -inf never makes NaN.
-    log_prob = F.log_softmax(logits, dim=1).masked_fill(~allowed, 0.0)
-    return -(target * log_prob).sum(dim=1).mean()
+        per_row = F.cross_entropy(logits, target, reduction="none")
+    else:
+        # Zero the -inf log-probabilities of excluded columns (their target is 0) so 0 * -inf never makes NaN.
+        log_prob = F.log_softmax(logits, dim=1).masked_fill(~allowed, 0.0)
+        per_row = -(target * log_prob).sum(dim=1)
+    if rows is None:
+        return per_row.mean()
+    return torch.where(rows, per_row, torch.zeros_like(per_row)).sum() / rows.sum().clamp(min=1)
 
 
 @dataclass
@@ -312,8 +341,9 @@ class ContrastiveLoss:
         sample_ids: torch.Tensor,
         sentence_ids: torch.Tensor,
         selection: SelectionHook | None = None,
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        batch = gather_features(features, sample_ids, sentence_ids)
+        batch = gather_features(features, sample_ids, sentence_ids, valid=valid)
         return contrastive_loss(
             batch,
             logit_scale,

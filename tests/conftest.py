@@ -59,10 +59,11 @@ def train_args(data: Path, out: Path, *extra: str, ds_config: str = "zero2.json"
 
 
 def reference_args(data: Path, out: Path) -> list[str]:
-    """The session's reference run: 8 samples per step, 2 epochs, trajectories every epoch, checkpoints at
-    steps 3 (mid-epoch), 6 and 8, all kept."""
-    return train_args(data, out, "--epochs", "2", "--record-trajectory-every", "1", "--save-every", "3",
-                      "--keep-last", "5", micro_batch=8)
+    """The session's reference run: 16 samples per step, 4 epochs of 2 steps, trajectories after every epoch
+    (4 reference checkpoints: Pair Selection needs at least 3), checkpoints at steps 3 (mid-epoch), 6 and 8,
+    all kept."""
+    return train_args(data, out, "--epochs", "4", "--record-trajectory-every", "1", "--save-every", "3",
+                      "--keep-last", "5", micro_batch=16)
 
 
 def launch_env() -> dict[str, str]:
@@ -151,8 +152,8 @@ def shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_run(shards, tmp_path_factory, one_thread) -> Path:
-    """One process, 2 epochs (8 steps) of random negatives, trajectories recorded every epoch, checkpoints at
-    steps 3, 6 and 8 (in-process `main`)."""
+    """One process, 4 epochs (8 steps) of random negatives, trajectories recorded after every epoch,
+    checkpoints at steps 3, 6 and 8 (in-process `main`)."""
     from recipe import pretrain
 
     out = tmp_path_factory.mktemp("runs") / "reference"
