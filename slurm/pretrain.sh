@@ -19,8 +19,12 @@
 #                            ds_configs/zero2.json on CPU)
 #   NEGATIVES                random | ps (default: ps when REFERENCE_RUN is set, else random)
 #   CURRICULUM               Pair Selection schedule: log | linear | sqrt | easy | hard (default log)
-#   REFERENCE_RUN            run made with RECORD_TRAJECTORY_EVERY=k; its trajectories drive ps
-#   RECORD_TRAJECTORY_EVERY  k: embed the training set every k epochs (the reference run; paper: 5)
+#   REFERENCE_RUN            run made with RECORD_TRAJECTORY_EVERY=k; its trajectories drive ps. Or `self`:
+#                            one run instead of two (random negatives while it records its own trajectory,
+#                            RECORD_TRAJECTORY_EVERY=k and SELF_REFERENCE_CHECKPOINTS=K, then Pair Selection)
+#   RECORD_TRAJECTORY_EVERY  k: embed the training set after epoch 1, then every k epochs (the reference run;
+#                            paper: 5; Pair Selection needs >= 3 such checkpoints)
+#   SELF_REFERENCE_CHECKPOINTS  K for REFERENCE_RUN=self (default the recipe's, 3)
 #   EPOCHS | MAX_STEPS       training length (default: the recipe's --epochs)
 #   EXTRA_ARGS               more flags for recipe/pretrain.py, e.g. "--micro-batch-size 16 --lr 2e-4"
 #   NODES / GPUS_PER_NODE    come from the allocation (#SBATCH --nodes/--gpus-per-node or sbatch flags);
@@ -63,10 +67,11 @@ if [ -n "${REFERENCE_RUN:-}" ]; then NEGATIVES=${NEGATIVES:-ps}; else NEGATIVES=
 
 args=(--deepspeed_config "$DS_CONFIG" --data "$DATA" --out "$OUT" --preset "$PRESET" --negatives "$NEGATIVES")
 if [ "$NEGATIVES" = ps ]; then
-  [ -d "${REFERENCE_RUN:-}" ] || { echo "ERROR: NEGATIVES=ps needs REFERENCE_RUN=<a run made with RECORD_TRAJECTORY_EVERY=k>" >&2; exit 1; }
+  [ "${REFERENCE_RUN:-}" = self ] || [ -d "${REFERENCE_RUN:-}" ] || { echo "ERROR: NEGATIVES=ps needs REFERENCE_RUN=<a run made with RECORD_TRAJECTORY_EVERY=k> or REFERENCE_RUN=self" >&2; exit 1; }
   args+=(--reference-run "$REFERENCE_RUN" --curriculum "${CURRICULUM:-log}")
 fi
 [ -n "${RECORD_TRAJECTORY_EVERY:-}" ] && args+=(--record-trajectory-every "$RECORD_TRAJECTORY_EVERY")
+[ -n "${SELF_REFERENCE_CHECKPOINTS:-}" ] && args+=(--self-reference-checkpoints "$SELF_REFERENCE_CHECKPOINTS")
 [ -n "${EPOCHS:-}" ] && args+=(--epochs "$EPOCHS")
 [ -n "${MAX_STEPS:-}" ] && args+=(--max-steps "$MAX_STEPS")
 read -r -a extra <<< "${EXTRA_ARGS:-}"      # split on spaces: flags and values without spaces

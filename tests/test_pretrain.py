@@ -377,7 +377,7 @@ class _FakeEngine:
     def train(self, mode=True):
         self.module.train(mode)
 
-    def __call__(self, frames, frame_mask, text_ids, text_mask, labels):
+    def __call__(self, frames, frame_mask, text_ids, text_mask, labels, num_real_frames=None):
         from recipe.features import ContrastiveFeatures
 
         video = frames.flatten(2)[..., :8].float() * frame_mask[..., None]
