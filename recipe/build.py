@@ -20,6 +20,7 @@ from recipe.modeling import SignTranslationModel
 from recipe.presets import build_config
 from recipe.run_dir import RunDir
 from recipe.tokenizer import load_tokenizer, train_tokenizer
+from recipe.training import preflight
 from sharded_data.reader import ReaderConfig, make_indexed_loader
 
 TOKENIZER_FILE = "tokenizer_config.json"
@@ -97,6 +98,7 @@ def initialize_engine(config: TrainConfig, env: DistEnv, run: RunDir, module: nn
         warmup_steps=max(1, min(config.warmup_steps, total_steps)),
         total_steps=total_steps,
     )
+    preflight(config, run, ds_config)  # data complete, a resume is the same run: before config.json is rewritten
     if env.rank == 0:
         run.describe(to_dict(config), ds_config, env.world_size)
     barrier()
