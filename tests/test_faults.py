@@ -654,8 +654,8 @@ def crash_child(out: str, point: str) -> None:
             write_text(path, text)
         checkpointing.write_text_atomic = latest_then_die
     elif point == "mid-prune":
-        def rmtree_halfway(path, ignore_errors=False):
-            files = sorted(Path(path).rglob("*")) if Path(path).exists() else []
+        def rmtree_halfway(path, ignore_errors=False):  # the worst order: the marker would go last
+            files = sorted(f for f in Path(path).rglob("*") if f.name != COMPLETE_MARKER) if Path(path).exists() else []
             if files:
                 files[0].unlink()
                 die()
