@@ -24,6 +24,7 @@ refused (recipe.training.check_resumed_config).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import platform
@@ -46,10 +47,14 @@ RESUMABLE_DS_KEYS = ("train_batch_size", "scheduler.params.total_num_steps", "sc
 
 
 def fsync_directory(path: str | os.PathLike) -> None:
-    """Make the entries of a directory (a rename, a new file) durable."""
+    """Make the entries of a directory (a rename, a new file) durable (where the file system can: some FUSE
+    and network mounts refuse a directory fsync with EINVAL, and then there is nothing more to do)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 

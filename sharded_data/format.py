@@ -20,6 +20,7 @@ Nothing read here is trusted further than it can be checked (shards come from di
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -449,10 +450,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file, or a directory's entries (a rename is durable only once its directory is synced), to disk."""
+    """Flush a file, or a directory's entries (a rename is durable only once its directory is synced), to disk.
+    File systems that cannot sync a directory (some FUSE and network mounts say EINVAL) are left as they are."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF) or not os.path.isdir(path):
+            raise
     finally:
         os.close(fd)
 
