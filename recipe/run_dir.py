@@ -107,20 +107,18 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(stored: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None,
-                   resumable: Sequence[str] = RESUMABLE_KEYS) -> list[str]:
-    """The keys (dotted for nested dicts) whose values differ between a stored and a current config, as
-    "key: stored -> current", leaving out `resumable` ones. A key the stored config lacks (written by an
-    older version) counts as its default in `defaults` when one is given."""
+                   resumable: Sequence[str] = RESUMABLE_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, current value) for every key (dotted for nested dicts) whose values differ, leaving
+    out `resumable` ones. A key the stored config lacks (written by an older version) counts as its default in
+    `defaults` when one is given."""
     stored, current = _flatten(stored), _flatten(current)
     defaults = _flatten(defaults or {})
     changes = []
     for key in sorted(set(stored) | set(current)):
-        if key in resumable:
-            continue
         before = stored.get(key, defaults.get(key, "(absent)"))
         after = current.get(key, "(absent)")
-        if before != after:
-            changes.append(f"{key}: {before!r} -> {after!r}")
+        if key not in resumable and before != after:
+            changes.append((key, before, after))
     return changes
 
 

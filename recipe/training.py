@@ -37,11 +37,12 @@ import torch
 
 from recipe.checkpointing import CheckpointManager
 from recipe.config import TrainConfig, to_dict
-from recipe.dist import DistEnv, broadcast_object, get_world_size
+from recipe.dist import DistEnv, broadcast_object, get_world_size, is_main
 from recipe.preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from recipe.run_dir import RESUMABLE_DS_KEYS, RESUMABLE_KEYS, RunDir, config_changes
 from recipe.run_logging import StepTimer, create_logger
 from recipe.seeding import capture_rng_state, restore_rng_state
+from sharded_data.format import ShardFilesError, load_index, verify_shard_files
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +115,9 @@ def check_resumed_config(config: TrainConfig, run: RunDir, ds_config: dict | Non
     stored config.json and ds_config.json are compared with `config` and the resolved `ds_config`, apart from
     RESUMABLE_KEYS / RESUMABLE_DS_KEYS. Keys a stored config lacks (an older version) count as their defaults.
     """
-    problem = broadcast_object(_resume_problem(config, run, ds_config) if _is_rank0() else None)
+    problem = broadcast_object(_resume_problem(config, run, ds_config) if is_main() else None)
     if problem:
         raise ConfigChangedError(problem)
-
-
-def _is_rank0() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def _resume_problem(config: TrainConfig, run: RunDir, ds_config: dict | None) -> str | None:
@@ -130,25 +127,23 @@ def _resume_problem(config: TrainConfig, run: RunDir, ds_config: dict | None) ->
     stored = json.loads(run.config.read_text())
     defaults = {field.name: field.default for field in dataclasses.fields(config)
                 if field.default is not dataclasses.MISSING}
-    changes = config_changes(stored, to_dict(config), defaults)
+    changes = [f"{_flag(key)} ({key}: {before!r} -> {after!r})"
+               for key, before, after in config_changes(stored, to_dict(config), defaults)]
     if ds_config is not None and run.ds_config.is_file():
-        ds_changes = config_changes(json.loads(run.ds_config.read_text()), ds_config, resumable=RESUMABLE_DS_KEYS)
-        changes += [f"ds_config {change}" for change in ds_changes]
+        stored_ds = json.loads(run.ds_config.read_text())
+        changes += [f"ds_config {key}: {before!r} -> {after!r}"
+                    for key, before, after in config_changes(stored_ds, ds_config, resumable=RESUMABLE_DS_KEYS)]
     if not changes:
         return None
-    return (f"{run.root} holds a checkpoint ({tag}) of a run made with other settings; resuming it with these would "
-            f"train a different run than its config.json says:\n  " + "\n  ".join(
-                f"{_flag(change.split(':')[0])} ({change})" if not change.startswith("ds_config") else change
-                for change in changes)
-            + f"\nGive the run's original values, or write to a new --out. Settings that may change on resume: "
+    return (f"{run.root} holds a checkpoint ({tag}) of a run made with other settings; resuming it with these "
+            f"would train a different run than its config.json says:\n  " + "\n  ".join(changes)
+            + "\nGive the run's original values, or write to a new --out. Settings that may change on resume: "
             + ", ".join(_flag(key) for key in RESUMABLE_KEYS) + " (and the number of ranks).")
 
 
 def check_data(data: str | Path) -> None:
     """Every indexed shard of every split of `data` exists with its recorded size (collective: each rank
     checks its own view, since nodes may hold their own copies; any rank's finding stops every rank)."""
-    from sharded_data.format import ShardFilesError, load_index, verify_shard_files
-
     problems = []
     for index_file in sorted(Path(data).glob("index-*.json")):
         try:
