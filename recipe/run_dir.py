@@ -40,8 +40,9 @@ from typing import Any, Sequence
 
 
 # Settings a relaunch may change without making it another run: how long it goes on, how often it evaluates,
-# saves and logs, how many checkpoints it keeps, how many loader processes it uses. The one list of them.
-RESUMABLE_KEYS = ("max_steps", "eval_every", "save_every", "keep_last", "num_workers", "log_every")
+# saves and logs, how many checkpoints it keeps, how many loader processes it uses, and where the run directory
+# itself is (a run copied or moved elsewhere is the same run). The one list of them.
+RESUMABLE_KEYS = ("max_steps", "eval_every", "save_every", "keep_last", "num_workers", "log_every", "out")
 # ds_config fields that follow from the above or from the world size (itself free to change on resume).
 RESUMABLE_DS_KEYS = ("train_batch_size", "scheduler.params.total_num_steps", "scheduler.params.warmup_num_steps")
 

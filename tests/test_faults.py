@@ -486,7 +486,8 @@ def test_item10_resuming_with_settings_that_change_the_run_is_refused(tmp_path):
     train_stub(config)  # leaves checkpoints
 
     check_resumed_config(config, run, ds_config)
-    may_change = dict(max_steps=12, eval_every=3, save_every=2, keep_last=5, num_workers=4, log_every=7)
+    may_change = dict(max_steps=12, eval_every=3, save_every=2, keep_last=5, num_workers=4, log_every=7,
+                      out=str(tmp_path / "moved"))
     assert set(may_change) == set(RESUMABLE_KEYS)
     longer = {**ds_config, "train_batch_size": 16,
               "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": 12, "warmup_num_steps": 2}}}
