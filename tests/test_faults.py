@@ -4,21 +4,42 @@ machine, a resumed run is the run it claims to be.
 Each test injects the fault the issue found (a damaged file, a hostile name, a kill at a bad moment, a changed
 flag) and checks the recipe's answer: a clear refusal naming the file and the fix, a skip that is counted, or a
 fallback that loses nothing. Each docstring names the broken variant of the code the test was seen to fail on.
+Tests are named test_itemNN_... after the issue's items (1 convert --out, 2 ds_config, 3 per-sample json,
+4 corpus names, 5 shard names, 6 inspect on a lying tar, 7 torn marker, 8 shard checksums, 9 decode bound,
+10 resume config, 11 best.json, 12 missing shards, 13 preemption, 14 trust), plus issue 18 item 6 (ranks
+decide together). The decompression-bomb bound: test_item09_a_tiny_clip_claiming_a_huge_video_... .
+
+Most recipe tests drive the real training loop (`run_training`) and CheckpointManager with `StubEngine`, the
+few engine methods they call around a real torch model: the loop's order of saves, evaluations and signals is
+what is under test, at a fraction of a DeepSpeed start's cost (DeepSpeed itself: test_checkpointing.py).
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
+from recipe.checkpointing import COMPLETE_MARKER, CheckpointManager, load_rng_file, read_marker, step_tag
+from recipe.config import TrainConfig
+from recipe.dist import DistEnv
+from recipe.preemption import REQUEUE_EXIT_CODE
+from recipe.run_dir import RESUMABLE_KEYS, RunDir, write_json_atomic
+from recipe.training import ConfigChangedError, check_data, check_resumed_config, run_training
 from sharded_data.bad_samples import TooManyBadSamples
 from sharded_data.format import (
     DecodeLimitError,
@@ -247,7 +268,6 @@ def test_item09_bombs_in_every_input_path_are_refused_or_skipped_and_counted(tmp
     Image.new("L", (1, 1)).save(png, format="PNG")
     data = bytearray(png.getvalue())  # patch IHDR to claim 100000 x 100000 pixels (and fix its CRC)
     data[16:24] = (100_000).to_bytes(4, "big") * 2
-    import zlib
     data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
     (folder / "000000.png").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="decompression bomb|would take"):
@@ -281,20 +301,6 @@ def test_item12_a_missing_shard_stops_before_compute_and_an_eval_never_scores_a_
 
 
 # =================================================================================== the recipe's side
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-from dataclasses import replace  # noqa: E402
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from recipe.checkpointing import COMPLETE_MARKER, CheckpointManager, load_rng_file, read_marker, step_tag  # noqa: E402
-from recipe.config import TrainConfig  # noqa: E402
-from recipe.dist import DistEnv  # noqa: E402
-from recipe.preemption import REQUEUE_EXIT_CODE, PreemptionHandler  # noqa: E402
-from recipe.run_dir import RESUMABLE_KEYS, RunDir, write_json_atomic  # noqa: E402
-from recipe.training import ConfigChangedError, check_data, check_resumed_config, run_training  # noqa: E402
 
 
 class StubEngine:
