@@ -6,8 +6,8 @@
 An input is a video file (anything PyAV decodes: mp4, avi, mkv, ...) or a folder of frame images
 (PHOENIX-2014T style). Frames go through the same deterministic evaluation transform as in training.
 An input that cannot be read (missing, undecodable, or decoding to more than the decode limit: a tiny file
-claiming a huge video is refused before its frames are allocated) is reported on stderr with its path and
-left out; the others are translated, and the exit status is 1.
+claiming a huge video is refused before its frames are allocated) stops the command with an error naming
+its path (FileNotFoundError or ValueError).
 
 The model loads from a local directory only (`local_files_only`: a mistyped path is an error, never a
 download), from safetensors, with no code from the model directory.
@@ -99,31 +99,17 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
                 inputs.append(str(base / line.strip()))
     if not inputs:
         parser.error("give video files / frame folders, or --manifest FILE")
-    try:
-        translator = Translator(args.model, args.num_beams, args.max_new_tokens, args.max_frames)
-    except FileNotFoundError as error:
-        parser.exit(1, f"error: {error}\n")
-    results, failed = [], []
+    translator = Translator(args.model, args.num_beams, args.max_new_tokens, args.max_frames)
+    results = []
     for start in range(0, len(inputs), args.batch_size):
-        chunk, videos = [], []
-        for path in inputs[start : start + args.batch_size]:
-            try:
-                videos.append(load_video(path))
-                chunk.append(path)
-            except (OSError, ValueError) as error:  # one bad input is reported, the others still translated
-                print(f"error: {error}", file=sys.stderr, flush=True)
-                failed.append(path)
-        if videos:
-            results += list(zip(chunk, translator(videos)))
+        chunk = inputs[start : start + args.batch_size]
+        results += list(zip(chunk, translator([load_video(path) for path in chunk])))
     lines = [f"{path}\t{text}" for path, text in results]
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:
         print("\n".join(lines))
     sys.stdout.flush()
-    if failed:
-        print(f"error: {len(failed)} of {len(inputs)} input(s) could not be read (see above)", file=sys.stderr)
-        sys.exit(1)
     return results
 
 
