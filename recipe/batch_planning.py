@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from recipe.dist import host_group
+from recipe.dist import broadcast_object
 from recipe.pair_selection import rank_slice
 
 Plan = list[list[int]]
@@ -85,10 +85,7 @@ class EpochPlanner:
             if len(plan) != self.num_batches:
                 raise RuntimeError(f"epoch {epoch} was planned with {len(plan)} batches, {self.num_batches} expected")
             self._start_ahead(epoch + 1)
-        if _distributed():
-            box = [plan]
-            dist.broadcast_object_list(box, src=0, group=host_group())  # gloo: the plan stays on the host
-            plan = box[0]
+        plan = broadcast_object(plan)
         self._current = (epoch, plan)
         return plan
 

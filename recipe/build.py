@@ -24,6 +24,7 @@ from recipe.presets import build_config
 from recipe.run_dir import RunDir
 from recipe.seeding import enable_tf32
 from recipe.tokenizer import detect_convention, load_tokenizer, set_languages, train_tokenizer
+from recipe.training import preflight
 from sharded_data.reader import ReaderConfig, make_indexed_loader
 
 TOKENIZER_FILE = "tokenizer_config.json"
@@ -197,6 +198,7 @@ def initialize_engine(config: TrainConfig, env: DistEnv, run: RunDir, module: nn
         total_steps=total_steps,
         allow_cpu_bf16=cpu_accelerator_requested(),
     )
+    preflight(config, run, ds_config)  # data complete, a resume is the same run: before config.json is rewritten
     if env.rank == 0:
         run.describe(to_dict(config), ds_config, env.world_size)
     barrier()

@@ -361,6 +361,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(value, src: int = 0):
+    """`value` as rank `src` holds it, returned on every rank (a no-op without a process group).
+
+    For decisions the ranks must take together but could read differently: a file-system read on each rank
+    (NFS attribute caching can show one rank a file another does not see yet) would split them, and the ones
+    that decided otherwise then wait in a collective the others never enter."""
+    if get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src, group=host_group())  # gloo: pickled bytes stay on the host
+    return holder[0]
+
+
 def shutdown_distributed(env: DistEnv) -> None:
     """Leave the job in step: every rank reaches the barrier before any tears its connections down.
 

@@ -7,6 +7,9 @@ ROUGE-L / chrF (`recipe.metrics`) and writes the report: JSON, a markdown table 
 Also a command, to score an exported model the same way:
 
     python -m recipe.evaluate --model HF_DIR --data SHARDS --split test --out REPORT_DIR [--num-beams 5]
+
+The model loads from a local directory only (see recipe.translate.load_local_model); every sample of the
+split is scored or the evaluation fails (sharded_data.reader.make_eval_loader).
 """
 from __future__ import annotations
 
@@ -87,8 +90,8 @@ def write_report(out_dir: str | Path, name: str, scores: TranslationScores, rows
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from recipe.modeling import SignTranslationModel
     from recipe.tokenizer import load_tokenizer
+    from recipe.translate import load_local_model
 
     parser = argparse.ArgumentParser(description="Score an exported model on a shard split (BLEU-1..4, ROUGE-L, chrF).")
     parser.add_argument("--model", required=True, help="Hugging Face directory from recipe.convert_to_hf")
@@ -104,7 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bleu-tokenize", default="13a")
     args = parser.parse_args(argv)
     device = default_device()
-    model = SignTranslationModel.from_pretrained(args.model).to(device)
+    try:
+        model = load_local_model(args.model).to(device)
+    except FileNotFoundError as error:
+        parser.exit(1, f"error: {error}\n")
     tokenizer = load_tokenizer(args.model)
     reader = ReaderConfig(frame_size=model.config.frame_size, max_frames=args.max_frames or model.max_frames,
                           num_workers=args.num_workers, output="uint8", pin_memory=device.type == "cuda")

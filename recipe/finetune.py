@@ -140,10 +140,14 @@ class FinetuningTask:
         dev_bleu4 = broadcast_from_rank0(metrics.get("dev_bleu4", 0.0))
         if dev_bleu4 > self.best_bleu4:
             self.best_bleu4, self.best_step = dev_bleu4, step
-            if self.env.rank == 0:
-                write_json_atomic(self.run.root / "best.json", {"step": step, "dev_bleu4": dev_bleu4})
-            metrics["new_best"] = True
+            metrics["new_best"] = True  # the loop saves this step's checkpoint, then calls record_best
         return metrics
+
+    def record_best(self, step: int) -> None:
+        """The dev-best checkpoint of `step` exists now: best.json may name it (never before, or a kill in
+        between would leave best.json pointing at a tag that does not exist)."""
+        if self.env.rank == 0:
+            write_json_atomic(self.run.root / "best.json", {"step": step, "dev_bleu4": self.best_bleu4})
 
     def pinned_tags(self) -> list[str]:
         return [step_tag(self.best_step)] if self.best_step is not None else []

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from recipe.dist import host_group
+from recipe.dist import broadcast_object
 from recipe.trajectory_store import Trajectory
 
 CACHE_DIR = "ps_scores"
@@ -173,14 +173,6 @@ def _cache_is_complete(folder: Path, num_samples: int) -> bool:
         return False
 
 
-def _broadcast_from_rank0(value):
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=host_group())  # gloo: stays on the host
-    return box[0]
-
-
 def cached_symmetric_scores(
     trajectory: Trajectory,
     score: str,
@@ -200,7 +192,7 @@ def cached_symmetric_scores(
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     n = trajectory.num_samples
-    complete = _broadcast_from_rank0(_cache_is_complete(folder, n) if rank == 0 else None)
+    complete = broadcast_object(_cache_is_complete(folder, n) if rank == 0 else None)
     if not complete:
         folder.mkdir(parents=True, exist_ok=True)
         start, stop = rank_rows(n, rank, world)

@@ -82,9 +82,21 @@ def base() -> dict:
         (lambda c: c["optimizer"]["params"].update(lr=3e-4), "optimizer.params.lr is 0.0003 in the file but the recipe asks for 0.0001 \\(--lr\\)"),
         (lambda c: c.pop("optimizer"), "no optimizer section"),
         (lambda c: c["scheduler"]["params"].update(total_num_steps=5), "total_num_steps is 5 in the file"),
+        # issue 16 item 2: the gaps a probe found
+        (lambda c: c.update(scheduler={"type": "WarmupDecayLR", "params": {"total_num_steps": 5}}),
+         "scheduler.params.total_num_steps is 5 in the file but the recipe asks for 100"),
+        (lambda c: c.update(scheduler={"type": "WarmupLR", "params": {"warmup_max_lr": 0.001}}),
+         "scheduler.params.warmup_max_lr is 0.001 in the file but the recipe asks for 0.0001 \\(--lr\\)"),
+        (lambda c: c.pop("scheduler"), "no scheduler section, so --warmup-steps and the schedule length would be silently dropped"),
+        (lambda c: c.update(scheduler={"type": "OneCycle", "params": {}}), "scheduler.type is 'OneCycle'"),
+        (lambda c: c.update(bf16=True), '"bf16" is true, but it must be an object such as {"enabled": true}'),
+        (lambda c: c.update(zero_optimization=2), '"zero_optimization" is 2, but it must be an object such as {"stage": 2}'),
+        (lambda c: c.update(optimizer="AdamW"), '"optimizer" is "AdamW", but it must be an object such as {"type": "AdamW"'),
+        (lambda c: c["optimizer"].update(params=[1e-4]), '"optimizer.params" is \\[0.0001\\], but it must be an object'),
     ],
     ids=["train_batch_size", "micro_batch", "auto_top", "auto_nested", "stage", "offload_param", "bf16_cpu",
-         "fp16_cpu", "lr", "no_optimizer", "total_steps"],
+         "fp16_cpu", "lr", "no_optimizer", "total_steps", "decay_total_steps", "warmup_max_lr", "no_scheduler",
+         "unknown_scheduler", "bf16_bool", "zero_int", "optimizer_str", "optimizer_params_list"],
 )
 def test_inconsistent_configs_are_refused(tmp_path, edit, message):
     config = base()
