@@ -16,7 +16,7 @@ from torch import nn
 
 from recipe.attention import choose_attn_implementation
 from recipe.config import TrainConfig, lora_module_list, to_dict
-from recipe.device import frames_to_device
+from recipe.device import batch_frames_to_device
 from recipe.dist import DistEnv, barrier, cpu_accelerator_requested, print0
 from recipe.ds_config import load_ds_config, resolve_ds_config
 from recipe.modeling import SignTranslationModel
@@ -175,11 +175,14 @@ def loader_workers(requested: int, local_world_size: int, cpus: int | None = Non
 
 
 def reader_config(config: TrainConfig, frame_size: int, local_world_size: int = 1) -> ReaderConfig:
-    """uint8 batches (normalised on the device by `video_inputs`), workers sized from the allocation, pinned
-    memory on GPU machines."""
+    """Workers sized from the allocation; on GPU machines, stored batches (crop, resize and normalisation on the
+    GPU by `video_inputs`) in pinned memory; on the CPU, uint8 batches rendered in the workers by the same
+    functions (the workers run beside the training process there, the main process would do it in series).
+    Either way the same pixels (tests/test_device_augmentation.py)."""
+    on_gpu = torch.cuda.is_available()
     return ReaderConfig(frame_size=frame_size, max_frames=config.max_frames,
                         num_workers=loader_workers(config.num_workers, local_world_size),
-                        seed=config.seed, pin_memory=torch.cuda.is_available(), output="uint8")
+                        seed=config.seed, pin_memory=on_gpu, output="stored" if on_gpu else "uint8")
 
 
 def initialize_engine(config: TrainConfig, env: DistEnv, run: RunDir, module: nn.Module, total_steps: int) -> Any:
@@ -217,8 +220,8 @@ def engine_dtype(engine: Any) -> torch.dtype:
 
 
 def video_inputs(batch: dict, engine: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames on the engine's device, normalised there (uint8 batches) and in its precision; the frame mask."""
-    frames = frames_to_device(batch["frames"], engine.device, engine_dtype(engine))
+    """Frames on the engine's device, rendered (stored batches) and normalised there, in its precision; the mask."""
+    frames = batch_frames_to_device(batch, engine.device, engine_dtype(engine))
     return frames, batch["frame_mask"].to(engine.device, non_blocking=True)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from recipe.device import default_device, frames_to_device
+from recipe.device import batch_frames_to_device, default_device
 from recipe.metrics import TranslationScores, score_translations
 from recipe.run_dir import write_json_atomic, write_text_atomic
 from sharded_data.reader import ReaderConfig, make_eval_loader
@@ -49,7 +49,7 @@ def translate_split(model: Any, tokenizer: Any, data: str, split: str, batch_siz
     model.eval()
     rows: list[TranslationRow] = []
     for batch in make_eval_loader(data, split, batch_size, rank, world_size, reader):
-        generated = model.generate(frames=frames_to_device(batch["frames"], device, dtype),
+        generated = model.generate(frames=batch_frames_to_device(batch, device, dtype),
                                    frame_mask=batch["frame_mask"].to(device), num_beams=num_beams,
                                    max_new_tokens=max_new_tokens, synced_gpus=synced_gpus)
         hypotheses = tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(1, f"error: {error}\n")
     tokenizer = load_tokenizer(args.model)
     reader = ReaderConfig(frame_size=model.config.frame_size, max_frames=args.max_frames or model.max_frames,
-                          num_workers=args.num_workers, output="uint8", pin_memory=device.type == "cuda")
+                          num_workers=args.num_workers, output="stored" if device.type == "cuda" else "uint8",
+                          pin_memory=device.type == "cuda")
     rows = translate_split(model, tokenizer, args.data, args.split, args.batch_size, reader,
                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, device=device)
     scores = score_rows(rows, args.bleu_tokenize)

@@ -6,10 +6,18 @@ the members exist and are not empty; the text is UTF-8 and not blank; the json i
 (types and ranges); given the split's index, the sample's ids agree with it (sample id from its key, split,
 sentence id: a wrong sentence id would silently turn a pair into a false negative); the video decodes within
 the decode limit; and it has the number of frames its json says.
+
+Frames are chosen before decoding: given `frame_indices` (the temporal plan of the sample's clip, drawn from the
+frame count alone: `VideoTransform.frame_indices`), only the frames the clip shows are kept (npy: copied out of
+the member; H.264: converted to RGB). The count the plan is drawn from is the json's `n_frames`, which the writer
+recorded by decoding the video and which is checked against the decoded count afterwards, as before: so the plan
+is the one a decode of every frame would have drawn, or the sample is bad (json disagreeing with its video) either
+way. The container's own claims (npy header, mp4 frame count) only bound the decode size.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -30,21 +38,26 @@ from sharded_data.format import (
     DecodeLimitError,
     SampleMeta,
     ShardIndex,
-    decode_video,
+    decode_video_frames,
 )
 
 
 @dataclass
 class DecodedSample:
-    frames: torch.Tensor  # uint8 [T, H, W, 3]
+    frames: torch.Tensor  # uint8 [U, H, W, 3]: every frame, or (given frame_indices) those the clip shows, in order
     text: str
     meta: SampleMeta
     key: str
+    frame_index: torch.Tensor  # int64 [T]: the clip's frames as positions in `frames` (every frame: 0..U-1)
 
 
 def decode_raw_sample(raw: dict, index: ShardIndex | None = None,
-                      max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> DecodedSample:
-    """Decode and check one sample (see the module docstring); SampleError(cause, detail) if it is bad."""
+                      max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                      frame_indices: Callable[[int], torch.Tensor] | None = None) -> DecodedSample:
+    """Decode and check one sample (see the module docstring); SampleError(cause, detail) if it is bad.
+
+    `frame_indices(num_frames)`: the clip's frames (non-decreasing indices into the video); only those are
+    decoded. It is called once, with the json's frame count, before the video is decoded."""
     key = raw.get("__key__", "?")
     video_ext = next((ext for ext in VIDEO_EXTENSIONS.values() if ext in raw), None)
     if video_ext is None:
@@ -68,8 +81,12 @@ def decode_raw_sample(raw: dict, index: ShardIndex | None = None,
         raise SampleError(BAD_META, f"json member unreadable ({type(error).__name__}: {error})") from None
     if index is not None:
         check_against_index(key, meta, index)
+    if frame_indices is None:
+        keep, positions = None, None
+    else:
+        keep, positions = frames_to_decode(frame_indices(meta.n_frames))
     try:
-        frames = decode_video(video_ext, raw[video_ext], max_decoded_bytes)
+        frames, total = decode_video_frames(video_ext, raw[video_ext], keep, max_decoded_bytes)
     except DecodeLimitError as error:
         raise SampleError(VIDEO_TOO_LARGE, f"{video_ext} member: {error}") from None
     except Exception as error:  # PyAV and numpy raise many types on garbage; all mean "undecodable"
@@ -77,9 +94,17 @@ def decode_raw_sample(raw: dict, index: ShardIndex | None = None,
         raise SampleError(cause, f"{video_ext} member: {type(error).__name__}: {error}") from None
     if frames.shape[1] == 0 or frames.shape[2] == 0:
         raise SampleError(VIDEO_DECODE_ERROR, f"{video_ext} member has empty frames {frames.shape}")
-    if frames.shape[0] != meta.n_frames:
-        raise SampleError(BAD_META, f"json says {meta.n_frames} frames, the {video_ext} member has {frames.shape[0]}")
-    return DecodedSample(torch.from_numpy(frames), text, meta, key)
+    if total != meta.n_frames:
+        raise SampleError(BAD_META, f"json says {meta.n_frames} frames, the {video_ext} member has {total}")
+    if positions is None:
+        positions = torch.arange(total)
+    return DecodedSample(torch.from_numpy(frames), text, meta, key, positions)
+
+
+def frames_to_decode(frame_index: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """(the distinct frames a clip shows, in order: decode only those; the clip's frames as positions among them)."""
+    distinct, positions = torch.unique(frame_index, sorted=True, return_inverse=True)
+    return distinct.tolist(), positions
 
 
 def check_against_index(key: str, meta: SampleMeta, index: ShardIndex) -> None:

@@ -30,6 +30,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -202,11 +203,30 @@ def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
 def decode_video(extension: str, data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """Decode a video member into uint8 T x H x W x 3. Raises ValueError on anything unreadable, and
     DecodeLimitError (a ValueError) when it would decode to more than `max_decoded_bytes`."""
+    frames, _ = decode_video_frames(extension, data, None, max_decoded_bytes)
+    return frames
+
+
+def decode_video_frames(extension: str, data: bytes, keep: Sequence[int] | None,
+                        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
+    """(the frames at positions `keep` (sorted, distinct; None = every frame) as uint8 len(keep) x H x W x 3, the
+    number of frames the member holds). Only the kept frames are converted and allocated (npy: copied out of the
+    member; H.264: every frame is decoded, as P-frames need their predecessors, but only the kept ones are converted
+    to RGB). Positions at or past the end are left out: the caller compares the count with what it expected.
+    Errors as `decode_video`; the decode-size bound applies to the whole video, kept or not."""
     if extension == VIDEO_EXTENSIONS["npy"] or extension == "npy":
-        return check_frames(load_npy_frames(data, max_decoded_bytes), "frames.npy member")
-    if extension == "mp4":
-        return check_frames(decode_mp4_bytes(data, max_decoded_bytes), "mp4 member")
-    raise ValueError(f"unknown video member extension {extension!r}")
+        frames, total = load_npy_frames_selected(data, keep, max_decoded_bytes)
+        where = "frames.npy member"
+    elif extension == "mp4":
+        frames, total = decode_mp4_bytes_selected(data, keep, max_decoded_bytes)
+        if total == 0:
+            raise ValueError("mp4 member holds no decodable frame")
+        where = "mp4 member"
+    else:
+        raise ValueError(f"unknown video member extension {extension!r}")
+    if keep is None or total == 0 or len(frames):  # (kept frames all past the end: the caller's count check says so)
+        check_frames(frames, where)
+    return frames, total
 
 
 def load_npy_frames(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
@@ -215,6 +235,13 @@ def load_npy_frames(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BY
     np.load allocates the shape its header claims before reading the data, so a 100-byte member claiming
     10^5 frames of 1080p would allocate ~600 GiB. Here the shape, dtype and data length are checked first.
     """
+    frames, _ = load_npy_frames_selected(data, None, max_decoded_bytes)
+    return frames
+
+
+def load_npy_frames_selected(data: bytes, keep: Sequence[int] | None,
+                             max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
+    """(the frames at positions `keep`, copied out of the member (writable, C-ordered); the header's frame count)."""
     from numpy.lib import format as npy
 
     buffer = io.BytesIO(data)
@@ -230,7 +257,11 @@ def load_npy_frames(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BY
     if len(data) - start != count:
         raise ValueError(f"the header says {count} bytes of frames, the member holds {len(data) - start}")
     frames = np.frombuffer(data, dtype=np.uint8, count=count, offset=start)
-    return frames.reshape(shape, order="F" if fortran_order else "C").copy()  # writable, C-ordered
+    frames = frames.reshape(shape, order="F" if fortran_order else "C")
+    if keep is None:
+        return frames.copy(), shape[0]  # writable, C-ordered
+    positions = np.asarray([position for position in keep if position < shape[0]], dtype=np.int64)
+    return np.ascontiguousarray(frames[positions]), shape[0]  # copies the kept frames only
 
 
 def decode_rgb_frames(container, stream, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
@@ -245,20 +276,33 @@ def decode_rgb_frames(container, stream, max_decoded_bytes: int = DEFAULT_MAX_DE
     for every frame, which at 64x64 costs 4x the decoding itself (bit-identical output either way;
     benchmarks/results/data.md).
     """
+    frames, _ = decode_selected_rgb_frames(container, stream, None, max_decoded_bytes, where)
+    return frames
+
+
+def decode_selected_rgb_frames(container, stream, keep: Sequence[int] | None,
+                               max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                               where: str = "video") -> tuple[list[np.ndarray], int]:
+    """(the frames at positions `keep` (None: all) as uint8 H x W x 3 RGB, the number of frames decoded).
+
+    Every frame is decoded (and counted against the bound, as in `decode_rgb_frames`); only the kept ones are
+    converted to RGB, which is a quarter to half of H.264 decoding's cost at 224 px."""
     from av.video.reformatter import VideoReformatter
 
     height, width = stream.codec_context.height, stream.codec_context.width
     claimed = claimed_frame_count(container, stream)
     check_decoded_size(claimed, height, width, max_decoded_bytes, where, " (container metadata)")
+    wanted = None if keep is None else set(keep)
     to_rgb = VideoReformatter()
-    frames, used = [], 0
-    for frame in container.decode(stream):
+    frames, used, position = [], 0, 0
+    for position, frame in enumerate(container.decode(stream), start=1):
         used += decoded_bytes(1, frame.height, frame.width)
         if used > max_decoded_bytes:
-            check_decoded_size(len(frames) + 1, frame.height, frame.width, max_decoded_bytes, where,
+            check_decoded_size(position, frame.height, frame.width, max_decoded_bytes, where,
                                f" (decoded so far; the container claimed {claimed})")
-        frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
-    return frames
+        if wanted is None or position - 1 in wanted:
+            frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
+    return frames, position
 
 
 def claimed_frame_count(container, stream) -> int:
@@ -274,20 +318,29 @@ def claimed_frame_count(container, stream) -> int:
 
 
 def decode_mp4_bytes(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
+    frames, total = decode_mp4_bytes_selected(data, None, max_decoded_bytes)
+    if total == 0:
+        raise ValueError("mp4 member holds no decodable frame")
+    return frames
+
+
+def decode_mp4_bytes_selected(data: bytes, keep: Sequence[int] | None,
+                              max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
+    """(the kept frames of an mp4 member written by `_encode_h264`, its frame count)."""
     import av
 
     with av.open(io.BytesIO(data), mode="r") as container:
         size = container.metadata.get("comment", "")
+        stream = container.streams.video[0]
         # One decoding thread: this runs inside DataLoader workers that already occupy the cores
         # (codec threads measured 1.45x slower at 64x64, no faster at 224x224).
-        decoded = decode_rgb_frames(container, container.streams.video[0], max_decoded_bytes, "mp4 member")
-    if not decoded:
-        raise ValueError("mp4 member holds no decodable frame")
-    frames = np.stack(decoded)
+        decoded, total = decode_selected_rgb_frames(container, stream, keep, max_decoded_bytes, "mp4 member")
+        coded = (stream.codec_context.height, stream.codec_context.width)
+    frames = np.stack(decoded) if decoded else np.zeros((0, *coded, 3), dtype=np.uint8)
     if size.startswith(SIZE_TAG):  # undo the even-size padding of _encode_h264
         width, height = (int(side) for side in size[len(SIZE_TAG):].split("x"))
         frames = frames[:, :height, :width]
-    return frames
+    return frames, total
 
 
 def read_video_file(path: str | os.PathLike, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:

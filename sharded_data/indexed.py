@@ -20,8 +20,10 @@ import os
 import random
 import re
 import tarfile
-from typing import Iterable, Iterator
+from functools import partial
+from typing import Callable, Iterable, Iterator
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sharded_data.bad_samples import (
@@ -122,9 +124,10 @@ class IndexedShardReader:
             raise SampleError(TAR_READ_ERROR, f"tar members unreadable at offset {offset}: {error}") from None
         return raw
 
-    def decode(self, sample_id: int):
-        """The sample decoded and checked against the index (a `decode.DecodedSample`); SampleError if bad."""
-        return decode_raw_sample(self.read_raw(sample_id), self.index, self.max_decoded_bytes)
+    def decode(self, sample_id: int, frame_indices: Callable[[int], torch.Tensor] | None = None):
+        """The sample decoded and checked against the index (a `decode.DecodedSample`); SampleError if bad.
+        `frame_indices`: decode only the frames of that plan (see `decode.decode_raw_sample`)."""
+        return decode_raw_sample(self.read_raw(sample_id), self.index, self.max_decoded_bytes, frame_indices)
 
     def get(self, sample_id: int) -> dict:
         """{"frames": uint8 tensor [T, H, W, 3], "text": str, "meta": SampleMeta}; SampleError if the sample is bad."""
@@ -133,11 +136,12 @@ class IndexedShardReader:
 
 
 class IndexedVideoDataset(Dataset):
-    """Map-style: dataset[sample_id] -> VideoSample (transformed), or SkippedSample when it cannot be read.
+    """Map-style: dataset[sample_id] -> VideoSample (its frames a `Clip`: the decoded frames it shows and its
+    plan), or SkippedSample when it cannot be read.
 
     An item may also be (sample_id, valid) to mark a padding entry. Train-time augmentation draws from
     a generator seeded by (seed, epoch, sample_id): the same sample gets the same augmentation in an
-    epoch whichever worker or rank reads it.
+    epoch whichever worker or rank reads it (and whichever device renders it).
     """
 
     def __init__(self, shard_dir: str | os.PathLike, split: str, transform: VideoTransform, seed: int = 0, epoch: int = 0,
@@ -159,13 +163,13 @@ class IndexedVideoDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, bool]) -> VideoSample | SkippedSample:
         sample_id, valid = (int(item[0]), bool(item[1])) if isinstance(item, tuple) else (int(item), True)
+        rng = random.Random(derive_seed(self.seed, self.epoch, sample_id)) if self.transform.train else None
         try:
-            decoded = self.reader.decode(sample_id)
+            decoded = self.reader.decode(sample_id, partial(self.transform.frame_indices, rng=rng))
         except SampleError as error:
             return SkippedSample(self.reader.where(sample_id), sample_key(self.reader.split, sample_id), error.cause, error.detail)
-        rng = random.Random(derive_seed(self.seed, self.epoch, sample_id)) if self.transform.train else None
-        frames = self.transform(decoded.frames, rng)
-        return VideoSample(frames, decoded.text, decoded.meta.sample_id, decoded.meta.sentence_id, decoded.key, valid)
+        clip = self.transform.clip_of_decoded(decoded.frames, decoded.frame_index, rng)
+        return VideoSample(clip, decoded.text, decoded.meta.sample_id, decoded.meta.sentence_id, decoded.key, valid)
 
 
 class IndexedCollate:
@@ -176,10 +180,11 @@ class IndexedCollate:
     Works with any map-style video dataset that takes `dataset[(index, valid)]` and has a `data_dir`.
     """
 
-    def __init__(self, dataset: IndexedVideoDataset, normalize: bool = True, max_borrow: int = 64):
+    def __init__(self, dataset: IndexedVideoDataset, normalize: bool = True, max_borrow: int = 64, stored: bool = False):
         self.dataset = dataset
         self.normalize = normalize
         self.max_borrow = max_borrow
+        self.stored = stored
 
     def __call__(self, items: list[VideoSample | SkippedSample]) -> dict:
         stats = SkipStats()
@@ -194,7 +199,7 @@ class IndexedCollate:
             good = [self._borrow(items)]
         filler = good[0]
         rows = [item if isinstance(item, VideoSample) else _as_padding(filler) for item in items]
-        batch = collate_videos(rows, normalize=self.normalize)
+        batch = collate_videos(rows, normalize=self.normalize, stored=self.stored)
         batch[STATS_KEY] = stats.to_dict()
         return batch
 
@@ -246,7 +251,7 @@ def make_indexed_loader(
     dataset = IndexedVideoDataset(shard_dir, split, VideoTransform.from_config(cfg, train=train), cfg.seed, epoch,
                                   cfg.max_decoded_bytes)
     entries = EntryBatches(batch_sampler, batch_size)
-    loader = DataLoader(dataset, batch_sampler=entries, collate_fn=IndexedCollate(dataset, cfg.normalize), **dataloader_kwargs(cfg))
+    loader = DataLoader(dataset, batch_sampler=entries, collate_fn=IndexedCollate(dataset, cfg.normalize, stored=cfg.stored), **dataloader_kwargs(cfg))
     num_batches = len(batch_sampler) if hasattr(batch_sampler, "__len__") else None
     return VideoLoader(loader, num_batches, str(shard_dir), cfg)
 
@@ -275,6 +280,6 @@ def make_eval_loader(
     if len(dataset) == 0:
         raise ValueError(f"{shard_dir} split {split!r} has no samples")
     batches = eval_sample_ids(len(dataset), batch_size, rank, world_size)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=IndexedCollate(dataset, cfg.normalize), **dataloader_kwargs(cfg))
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=IndexedCollate(dataset, cfg.normalize, stored=cfg.stored), **dataloader_kwargs(cfg))
     return VideoLoader(loader, len(batches), str(shard_dir), cfg, world_size=world_size,
                        require_every_sample=require_every_sample)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sharded_data.format import DEFAULT_MAX_DECODED_BYTES
 
-OUTPUTS = ("normalized", "uint8")
+OUTPUTS = ("normalized", "uint8", "stored")
 
 
 @dataclass
@@ -29,7 +29,11 @@ class ReaderConfig:
     eval_crop: float = 1.0
     """Eval: side of the center crop as a fraction of the frame's sides (1.0 = the whole frame)."""
     output: str = "normalized"
-    """"normalized" (float32, ImageNet mean/std: the contract) or "uint8" (raw pixels, normalize on the GPU)."""
+    """"normalized" (float32, ImageNet mean/std: the contract), "uint8" (rendered pixels, normalize on the device:
+    `transforms.normalize_frames`) or "stored" (the decoded frames at their stored size, cut to each clip's crop,
+    with each clip's frame indices and crop box: crop + resize + normalize on the device with
+    `transforms.render_stored_batch`, which takes the loader's main CPU cost off the CPU). The same pixels
+    whichever: the worker renders "uint8"/"normalized" batches with the same functions."""
     num_workers: int = 2
     """DataLoader worker processes per rank (decoding runs there)."""
     shuffle_buffer: int = 500
@@ -57,3 +61,7 @@ class ReaderConfig:
     @property
     def normalize(self) -> bool:
         return self.output == "normalized"
+
+    @property
+    def stored(self) -> bool:
+        return self.output == "stored"

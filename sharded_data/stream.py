@@ -19,6 +19,7 @@ import itertools
 import os
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -156,7 +157,11 @@ class SplitSamplesByRankAndWorker:
 
 
 class DecodeAndTransform:
-    """Raw sample -> VideoSample; a bad sample is logged once, counted and left out."""
+    """Raw sample -> VideoSample (its frames a `Clip`); a bad sample is logged once, counted and left out.
+
+    The worker's generator draws each clip's frame indices before its video is decoded; when the sample then
+    turns out bad, the generator is put back where it was, so the samples after it get the augmentation they
+    would get without that draw (bad samples do not shift the augmentation of the good ones)."""
 
     def __init__(self, transform: VideoTransform, stats: SkipStats, rng: random.Random, index: ShardIndex | None,
                  max_decoded_bytes: int):
@@ -166,14 +171,17 @@ class DecodeAndTransform:
     def __call__(self, source: Iterable[dict]) -> Iterator[VideoSample]:
         for raw in source:
             self.stats.seen += 1
+            before = self.rng.getstate()
             try:
-                decoded = decode_raw_sample(raw, self.index, self.max_decoded_bytes)
+                decoded = decode_raw_sample(raw, self.index, self.max_decoded_bytes,
+                                            partial(self.transform.frame_indices, rng=self.rng))
             except SampleError as error:
+                self.rng.setstate(before)
                 self.stats.record_skip(error.cause)
                 log_skip(SkippedSample(raw.get("__url__", "?"), raw.get("__key__", "?"), error.cause, error.detail))
                 continue
-            frames = self.transform(decoded.frames, self.rng)
-            yield VideoSample(frames, decoded.text, decoded.meta.sample_id, decoded.meta.sentence_id, decoded.key)
+            clip = self.transform.clip_of_decoded(decoded.frames, decoded.frame_index, self.rng)
+            yield VideoSample(clip, decoded.text, decoded.meta.sample_id, decoded.meta.sentence_id, decoded.key)
 
 
 class BatchWorkerShare:
@@ -199,7 +207,7 @@ class BatchWorkerShare:
             pending.append(sample)
             if len(pending) < self.batch_size:
                 continue
-            batch = collate_videos(pending, normalize=self.cfg.normalize)
+            batch = collate_videos(pending, normalize=self.cfg.normalize, stored=self.cfg.stored)
             pending = []
             batch[STATS_KEY] = self.stats.take()
             worker_total.add(batch[STATS_KEY])

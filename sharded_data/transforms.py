@@ -1,27 +1,39 @@
-"""Per-video transforms run inside the DataLoader workers, and the collate that pads a batch in time.
+"""How a decoded video becomes the model's frames, and the collate that pads a batch in time.
 
-A decoded video (uint8 torch tensor T x H x W x 3) becomes uint8 T' x 3 x S x S:
+Two steps, which run in different places:
 
-1. temporal sampling: at train time a random speed change (resample to T / speed frames) and random
-   frame dropping; then a cap of `max_frames` (random subset at train, evenly spaced at eval);
-2. spatial: one crop for the whole clip (random size and place at train, centered at eval), then a
-   resize to `frame_size` x `frame_size`.
+1. The plan, drawn in the DataLoader worker from the sample's random generator (so augmentation is
+   deterministic, and a resumed run sees exactly the same): which frames in which order
+   (`VideoTransform.frame_indices`: at train a random speed change (resample to T / speed frames) and random
+   frame dropping; then a cap of `max_frames`: random subset at train, evenly spaced at eval), and one crop box
+   for the whole clip (`crop_box`: random size and place at train, centered at eval). The frame indices need
+   only the frame count, so the readers draw them before decoding and decode only the frames the clip uses
+   (sharded_data/decode.py). A `Clip` is the decoded frames (uint8, stored size, H x W x 3) plus that plan.
+2. The pixels (`clip_pixels` + the gather by frame index): crop, HWC -> CHW, resize to frame_size x frame_size
+   (bilinear, antialiased when shrinking, rounded to uint8 levels). This is most of a loader core's time when
+   it runs there (crop + resize was 67% of the training loader's CPU: benchmarks/results/data.md), and
+   microseconds on a GPU. `ReaderConfig.output` says where it runs: "stored" batches carry the clips' frames at
+   their stored size with each clip's plan, and the training step renders the whole batch on its device
+   (`render_stored_batch`); "uint8" and "normalized" batches are rendered in the worker by the same functions
+   (the CPU path: tests, the demo, CPU training, `translate`). Same plan, same function: the same pixels.
 
-Eval is deterministic (no random draw at all). There is no horizontal flip: mirroring a signer
-swaps the dominant hand, which changes the sign.
+Eval is deterministic (no random draw at all). There is no horizontal flip: mirroring a signer swaps the
+dominant hand, which changes the sign.
 
 `collate_videos` builds the contract's Batch: frames [B, T, 3, H, W] zero-padded in time, frame_mask,
 sample_ids, sentence_ids, texts, keys, valid. It also normalizes (ImageNet mean/std, float32), once per
 batch, straight into the shared-memory buffer that crosses the worker pipe: the float frames are 4x
 the bytes of the pixels, and every pass over them is the loader's largest cost after decoding. With
 normalize=False (ReaderConfig.output="uint8") the batch keeps uint8 pixels: for tests, and for GPU
-runs that call `normalize_frames` on the device after a 4x smaller transfer.
+runs that call `normalize_frames` on the device after a 4x smaller transfer. With stored=True
+(output="stored") it holds, instead of "frames", the STORED_KEYS below: see `collate_stored`.
 """
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import get_worker_info
@@ -31,12 +43,45 @@ from sharded_data.reader_config import ReaderConfig
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# The keys of a stored batch (output="stored") that replace "frames": what `render_stored_batch` needs.
+STORED_FRAMES = "stored_frames"  # uint8 [B, U, H, W, 3]: each clip's decoded frames, zero-padded
+FRAME_INDEX = "frame_index"  # int64 [B, T]: frame t of clip b is stored_frames[b, frame_index[b, t]] (0 in padding)
+CROP_BOXES = "crop_boxes"  # int64 [B, 4]: (top, left, height, width) of each clip's crop in stored_frames[b]
+FRAME_SIZE = "frame_size"  # int: the side of the rendered frames
+STORED_KEYS = (STORED_FRAMES, FRAME_INDEX, CROP_BOXES, FRAME_SIZE)
+FRAME_MASK = "frame_mask"  # bool [B, T], in every batch: True on the clip's frames, False on time padding
+
+
+@dataclass
+class Clip:
+    """A decoded video and its plan: what a worker hands on, before any pixel is resized."""
+
+    frames: torch.Tensor  # uint8 [U, H, W, 3]: the decoded frames the clip uses (a superset is fine), in time order
+    frame_index: torch.Tensor  # int64 [T]: the clip's frames as positions in `frames` (a repeat = slowed down)
+    crop_box: tuple[int, int, int, int]  # (top, left, height, width) in `frames`' pixels, one for the whole clip
+    frame_size: int  # the rendered frames are frame_size x frame_size
+
+    @property
+    def num_frames(self) -> int:
+        return self.frame_index.numel()
+
+    def render(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's frames [T, 3, S, S]: uint8 (or written into `out`, uint8 or float32 pixel values)."""
+        if out is None:
+            out = torch.empty((self.num_frames, 3, self.frame_size, self.frame_size), dtype=torch.uint8)
+        pixels = clip_pixels(self.frames, self.crop_box, self.frame_size)
+        gather_frames(pixels, self.frame_index, out, in_order(self.frame_index, pixels.shape[0]))
+        return out
+
 
 @dataclass
 class VideoSample:
-    """One decoded, transformed video with what the batch needs to know about it."""
+    """One video of a batch with what the batch needs to know about it.
 
-    frames: torch.Tensor  # uint8 [T, 3, S, S]
+    `frames` is a `Clip` (the shard readers: rendered by the collate or on the device) or an already rendered
+    uint8 tensor [T, 3, S, S] (a reader that transforms on its own, e.g. `VideoTransform.__call__`)."""
+
+    frames: Clip | torch.Tensor
     text: str
     sample_id: int
     sentence_id: int
@@ -45,7 +90,8 @@ class VideoSample:
 
 
 class VideoTransform:
-    """Temporal sampling + crop + resize, uint8 in and out; `train=False` is deterministic."""
+    """The plan of a clip (frame indices, crop box) and, through `Clip.render`, its pixels; `train=False` is
+    deterministic."""
 
     def __init__(
         self,
@@ -81,14 +127,20 @@ class VideoTransform:
 
     def __call__(self, frames: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
         """uint8 [T, H, W, 3] -> [T', 3, S, S]. `rng` is required at train time (seeded per worker)."""
-        if self.train and rng is None:
-            raise ValueError("a train-time transform needs a seeded random.Random")
-        frames = frames[self.frame_indices(frames.shape[0], rng)]
-        top, left, height, width = self.crop_box(frames.shape[1], frames.shape[2], rng)
-        frames = frames[:, top : top + height, left : left + width].permute(0, 3, 1, 2)  # [T, 3, h, w]
-        return self.resize(frames)
+        return self.clip(frames, rng).render()
+
+    def clip(self, frames: torch.Tensor, rng: random.Random | None = None) -> Clip:
+        """The plan for a whole decoded video (uint8 [T, H, W, 3]); no pixel is copied."""
+        return self.clip_of_decoded(frames, self.frame_indices(frames.shape[0], rng), rng)
+
+    def clip_of_decoded(self, frames: torch.Tensor, frame_index: torch.Tensor, rng: random.Random | None) -> Clip:
+        """Draw the crop box (after the frame indices, from the same generator) for frames decoded for `frame_index`."""
+        return Clip(frames, frame_index, self.crop_box(frames.shape[1], frames.shape[2], rng), self.frame_size)
 
     def frame_indices(self, num_frames: int, rng: random.Random | None) -> torch.Tensor:
+        """Which frames of a `num_frames` video the clip shows, in order (non-decreasing; repeats when slowed)."""
+        if self.train and rng is None:
+            raise ValueError("a train-time transform needs a seeded random.Random")
         if not self.train:
             if num_frames <= self.max_frames:
                 return torch.arange(num_frames)
@@ -109,13 +161,65 @@ class VideoTransform:
             return rng.randint(0, height - crop_h), rng.randint(0, width - crop_w), crop_h, crop_w
         return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
-    def resize(self, frames: torch.Tensor) -> torch.Tensor:
-        size = self.frame_size
-        if frames.shape[-2:] == (size, size):
-            return frames.contiguous()
-        shrinking = frames.shape[-2] > size or frames.shape[-1] > size
-        frames = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=shrinking)
-        return frames.round_().clamp_(0, 255).to(torch.uint8)
+
+# ------------------------------------------------------------------------------- the pixels (CPU or device)
+
+
+def clip_pixels(frames: torch.Tensor, crop_box: tuple[int, int, int, int], frame_size: int) -> torch.Tensor:
+    """Crop, HWC -> CHW and resize of every frame of uint8 [U, H, W, 3], on the frames' device: [U, 3, S, S].
+
+    A uint8 view when the crop is already S x S (nothing is copied), else float32 pixel values rounded to uint8
+    levels (what the loader has always handed out, so a GPU run sees the numbers a CPU run sees). Bilinear,
+    antialiased when shrinking either side (PIL-like: a plain bilinear resize of 512 px frames to 224 aliases).
+    """
+    top, left, height, width = (int(value) for value in crop_box)
+    pixels = frames[:, top : top + height, left : left + width].permute(0, 3, 1, 2)
+    if (height, width) == (frame_size, frame_size):
+        return pixels
+    shrinking = height > frame_size or width > frame_size
+    resized = F.interpolate(pixels.float(), size=(frame_size, frame_size), mode="bilinear", antialias=shrinking)
+    return resized.round_().clamp_(0, 255)
+
+
+def in_order(frame_index: torch.Tensor, count: int) -> bool:
+    """Does a (CPU) frame index show each of `count` frames once, in order? (Then gathering is a plain copy.)"""
+    return frame_index.numel() == count and bool((frame_index == torch.arange(count)).all())
+
+
+def gather_frames(pixels: torch.Tensor, frame_index: torch.Tensor, out: torch.Tensor, every_frame_in_order: bool) -> None:
+    """out[t] = pixels[frame_index[t]], written in place; `every_frame_in_order` (from `in_order`, decided on the
+    host so that a GPU gather never waits for the device) makes it a plain copy."""
+    if every_frame_in_order:
+        out.copy_(pixels)  # the common case at eval
+    elif out.dtype == pixels.dtype:
+        torch.index_select(pixels, 0, frame_index, out=out)
+    else:
+        out.copy_(pixels.index_select(0, frame_index))
+
+
+def render_stored_batch(batch: dict, device: torch.device | str, normalize: bool = True) -> torch.Tensor:
+    """A stored batch's frames [B, T, 3, S, S] on `device`: crop, resize and gather per clip, then (by default)
+    ImageNet-normalize, float32. Time padding holds 0 before normalizing (-mean/std after), as `normalize_frames`
+    gives it; frame_mask marks it either way.
+
+    The bookkeeping (lengths, crop boxes) is read from the batch's CPU tensors, so nothing waits for the device;
+    the pixels are copied to the device once, as uint8 at their stored size. One small loop over the clips (each
+    has its own crop size): a handful of kernel launches per clip.
+    """
+    frame_index, frame_mask = batch[FRAME_INDEX], batch[FRAME_MASK]
+    size = int(batch[FRAME_SIZE])
+    stored = batch[STORED_FRAMES].to(device, non_blocking=True)
+    index_on_device = frame_index.to(device, non_blocking=True)
+    lengths = frame_mask.sum(dim=1).tolist()
+    used = (frame_index.amax(dim=1) + 1).tolist() if frame_index.shape[1] else [0] * len(lengths)
+    frames = torch.zeros((*frame_mask.shape, 3, size, size), dtype=torch.float32, device=stored.device)
+    for row, (length, box) in enumerate(zip(lengths, batch[CROP_BOXES].tolist())):
+        if length:
+            pixels = clip_pixels(stored[row, : used[row]], box, size)
+            gather_frames(pixels, index_on_device[row, :length], frames[row, :length],
+                          in_order(frame_index[row, :length], used[row]))
+    return _normalize_float_pixels(frames) if normalize else frames
+
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -135,29 +239,75 @@ def _normalize_float_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
-def collate_videos(samples: list[VideoSample], normalize: bool = True) -> dict:
-    """Pad in time, stack and (by default) normalize: the contract's Batch."""
+# --------------------------------------------------------------------------------------------- the collate
+
+
+def collate_videos(samples: list[VideoSample], normalize: bool = True, stored: bool = False) -> dict:
+    """Pad in time, stack and (by default) normalize: the contract's Batch. `stored`: a stored batch instead
+    (see `collate_stored`; needs every sample's frames to be a Clip)."""
     if not samples:
         raise ValueError("collate_videos got an empty list of samples")
-    lengths = [sample.frames.shape[0] for sample in samples]
-    shape = (len(samples), max(lengths), *samples[0].frames.shape[1:])
-    frames = _batch_buffer(shape, torch.float32 if normalize else torch.uint8)
-    frame_mask = torch.zeros(shape[:2], dtype=torch.bool)
-    for row, (sample, length) in enumerate(zip(samples, lengths)):
-        frames[row, :length] = sample.frames  # uint8 -> float32 on the way in when normalizing
-        frames[row, length:] = 0
-        if normalize:
-            _normalize_float_pixels(frames[row, :length])
-        frame_mask[row, :length] = True
+    if stored and all(isinstance(sample.frames, Clip) for sample in samples):
+        batch = collate_stored([sample.frames for sample in samples])
+    else:
+        batch = collate_rendered([sample.frames for sample in samples], normalize)
     return {
-        "frames": frames,
-        "frame_mask": frame_mask,
+        **batch,
         "sample_ids": torch.tensor([sample.sample_id for sample in samples], dtype=torch.int64),
         "sentence_ids": torch.tensor([sample.sentence_id for sample in samples], dtype=torch.int64),
         "texts": [sample.text for sample in samples],
         "keys": [sample.key for sample in samples],
         "valid": torch.tensor([sample.valid for sample in samples], dtype=torch.bool),
     }
+
+
+def collate_rendered(videos: list[Clip | torch.Tensor], normalize: bool) -> dict:
+    """frames [B, T, 3, S, S] (uint8, or float32 normalized) rendered here, on the CPU, and frame_mask."""
+    lengths = [video.num_frames if isinstance(video, Clip) else video.shape[0] for video in videos]
+    first = videos[0]
+    frame_shape = (3, first.frame_size, first.frame_size) if isinstance(first, Clip) else tuple(first.shape[1:])
+    shape = (len(videos), max(lengths), *frame_shape)
+    frames = _batch_buffer(shape, torch.float32 if normalize else torch.uint8)
+    frame_mask = torch.zeros(shape[:2], dtype=torch.bool)
+    for row, (video, length) in enumerate(zip(videos, lengths)):
+        if isinstance(video, Clip):
+            video.render(out=frames[row, :length])
+        else:
+            frames[row, :length] = video  # uint8 -> float32 on the way in when normalizing
+        frames[row, length:] = 0
+        if normalize:
+            _normalize_float_pixels(frames[row, :length])
+        frame_mask[row, :length] = True
+    return {"frames": frames, "frame_mask": frame_mask}
+
+
+def collate_stored(clips: list[Clip]) -> dict:
+    """The clips' frames as decoded (uint8, HWC), cut to their crop boxes, zero-padded to the batch's largest in
+    frames, height and width, with each clip's frame indices and crop box (now at the origin): what
+    `render_stored_batch` turns into the model's frames on the device. The only copy of the pixels on the way
+    is the one into the batch buffer, and the crop cut makes it smaller, not larger."""
+    lengths = [clip.num_frames for clip in clips]
+    used = [clip.frames.shape[0] for clip in clips]
+    boxes = [clip.crop_box for clip in clips]
+    shape = (len(clips), max(used), max(box[2] for box in boxes), max(box[3] for box in boxes), 3)
+    stored = _batch_buffer(shape, torch.uint8)
+    frame_index = torch.zeros((len(clips), max(lengths)), dtype=torch.int64)
+    frame_mask = torch.zeros((len(clips), max(lengths)), dtype=torch.bool)
+    for row, (clip, (top, left, height, width)) in enumerate(zip(clips, boxes)):
+        count = used[row]
+        stored[row, :count, :height, :width] = clip.frames[:, top : top + height, left : left + width]
+        # Zero the padding: never read, but a batch's bytes should not depend on what the buffer held before.
+        stored[row, count:] = 0
+        stored[row, :count, height:] = 0
+        stored[row, :count, :height, width:] = 0
+        frame_index[row, : lengths[row]] = clip.frame_index
+        frame_mask[row, : lengths[row]] = True
+    sizes = {clip.frame_size for clip in clips}
+    if len(sizes) != 1:
+        raise ValueError(f"a batch's clips must share one frame size, got {sorted(sizes)}")
+    crop_boxes = torch.tensor([(0, 0, height, width) for _, _, height, width in boxes], dtype=torch.int64)
+    return {STORED_FRAMES: stored, FRAME_INDEX: frame_index, CROP_BOXES: crop_boxes, FRAME_SIZE: sizes.pop(),
+            "frame_mask": frame_mask}
 
 
 def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
