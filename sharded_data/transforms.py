@@ -10,12 +10,14 @@ Two steps, which run in different places:
    only the frame count, so the readers draw them before decoding and decode only the frames the clip uses
    (sharded_data/decode.py). A `Clip` is the decoded frames (uint8, stored size, H x W x 3) plus that plan.
 2. The pixels (`clip_pixels` + the gather by frame index): crop, HWC -> CHW, resize to frame_size x frame_size
-   (bilinear, antialiased when shrinking, rounded to uint8 levels). This is most of a loader core's time when
-   it runs there (crop + resize was 67% of the training loader's CPU: benchmarks/results/data.md), and
-   microseconds on a GPU. `ReaderConfig.output` says where it runs: "stored" batches carry the clips' frames at
-   their stored size with each clip's plan, and the training step renders the whole batch on its device
-   (`render_stored_batch`); "uint8" and "normalized" batches are rendered in the worker by the same functions
-   (the CPU path: tests, the demo, CPU training, `translate`). Same plan, same function: the same pixels.
+   (bilinear, antialiased when shrinking, in uint8 levels). The crop + resize in float was 67% of a training
+   loader core's time (benchmarks/results/data.md); on a GPU it takes microseconds. `ReaderConfig.output` says
+   where it runs: "stored" batches carry the clips' frames at their stored size with each clip's plan, and the
+   training step renders the whole batch on its device (`render_stored_batch`); "uint8" and "normalized"
+   batches are rendered in the worker by the same functions (the CPU path: tests, the demo, CPU training,
+   `translate`). On a CPU the resize is torch's uint8 kernel (8-10x cheaper than in float), on a GPU it is
+   done in float and rounded, as the CPU augmentation before did: the two agree within 1 of 255 levels
+   (tests/test_device_augmentation.py states and checks the tolerance).
 
 Eval is deterministic (no random draw at all). There is no horizontal flip: mirroring a signer swaps the
 dominant hand, which changes the sign.
@@ -70,6 +72,8 @@ class Clip:
         if out is None:
             out = torch.empty((self.num_frames, 3, self.frame_size, self.frame_size), dtype=torch.uint8)
         pixels = clip_pixels(self.frames, self.crop_box, self.frame_size)
+        if out.dtype == torch.uint8:
+            pixels = pixels.to(torch.uint8)  # before the gather: once per distinct frame, not per shown frame
         gather_frames(pixels, self.frame_index, out, in_order(self.frame_index, pixels.shape[0]))
         return out
 
@@ -168,16 +172,25 @@ class VideoTransform:
 def clip_pixels(frames: torch.Tensor, crop_box: tuple[int, int, int, int], frame_size: int) -> torch.Tensor:
     """Crop, HWC -> CHW and resize of every frame of uint8 [U, H, W, 3], on the frames' device: [U, 3, S, S].
 
-    A uint8 view when the crop is already S x S (nothing is copied), else float32 pixel values rounded to uint8
-    levels (what the loader has always handed out, so a GPU run sees the numbers a CPU run sees). Bilinear,
-    antialiased when shrinking either side (PIL-like: a plain bilinear resize of 512 px frames to 224 aliases).
+    Bilinear, antialiased when shrinking either side (PIL-like: a plain bilinear resize of 512 px frames to 224
+    aliases). A uint8 view when the crop is already S x S (nothing is copied). On a CPU, torch's uint8 kernel
+    (fixed point, channels-last: 8-10x faster than resizing in float there, and within 1 of 255 levels of it on
+    ~15-19% of the pixels); elsewhere `resize_in_float` (GPUs have no uint8 kernel).
     """
     top, left, height, width = (int(value) for value in crop_box)
     pixels = frames[:, top : top + height, left : left + width].permute(0, 3, 1, 2)
     if (height, width) == (frame_size, frame_size):
         return pixels
     shrinking = height > frame_size or width > frame_size
-    resized = F.interpolate(pixels.float(), size=(frame_size, frame_size), mode="bilinear", antialias=shrinking)
+    if pixels.device.type == "cpu":
+        return F.interpolate(pixels, size=(frame_size, frame_size), mode="bilinear", antialias=shrinking)
+    return resize_in_float(pixels, frame_size, shrinking)
+
+
+def resize_in_float(pixels: torch.Tensor, frame_size: int, antialias: bool) -> torch.Tensor:
+    """uint8 [U, 3, h, w] -> float32 [U, 3, S, S] pixel values rounded to uint8 levels: the arithmetic of the
+    CPU augmentation this project used before the resize moved to the device (a GPU does it in microseconds)."""
+    resized = F.interpolate(pixels.float(), size=(frame_size, frame_size), mode="bilinear", antialias=antialias)
     return resized.round_().clamp_(0, 255)
 
 

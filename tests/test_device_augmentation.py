@@ -1,12 +1,15 @@
 """The augmentation split between the worker (the plan: frame indices, crop box) and the device (the pixels):
-stored batches rendered on the device give the frames the CPU augmentation gave, clip by clip; frames are
-chosen before decoding without changing which; the per-sample seed contract holds whichever device renders.
+stored batches rendered on the device give the frames the worker renders, clip by clip; both are within the
+stated tolerance of the CPU augmentation they replace; frames are chosen before decoding without changing which;
+the per-sample seed contract holds whichever device renders.
 
-Tolerance: exact on the CPU. `render_stored_batch` and `Clip.render` run the same torch ops as the CPU
-transform they replace (crop, `F.interpolate` bilinear with antialias when shrinking, round to uint8 levels),
-so the CPU path (tests, the demo, CPU training) is bit-identical to it. On a GPU the interpolation's float
-arithmetic differs in the last bits, which can move a pixel across a rounding boundary: at most 1 of 255
-levels there (the GPU check compares the two).
+Tolerance against the CPU augmentation before the split (float resize, rounded): the plan (frame indices, crop
+box) is identical, and so are the pixels wherever no resize is needed. A resize runs on the CPU with torch's
+uint8 kernel (fixed point, 8-10x cheaper there): at most 1 of 255 levels from the float computation, on about
+15-19% of the pixels (mean absolute difference < 0.25 level; the codec's own error is ~2.7 levels). On a GPU
+the resize is the float computation itself (`resize_in_float`, bit-identical to the reference on a CPU; on a GPU
+its float arithmetic can move a pixel across a rounding boundary: again at most 1 level). The CPU path of the
+loader (worker) and the device function run on the CPU are bit-identical to each other.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from sharded_data.transforms import (
     collate_videos,
     normalize_frames,
     render_stored_batch,
+    resize_in_float,
 )
 from tests.test_reader import ArraySource, write
 
@@ -65,19 +69,35 @@ GEOMETRIES = [((40, 40), 16), ((21, 26), 22), ((12, 12), 20), ((16, 16), 16), ((
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=[f"{h}x{w}-to-{s}" for (h, w), s in GEOMETRIES])
-def test_rendering_is_bit_identical_to_the_cpu_augmentation_it_replaced(train, geometry):
-    """Broken variants tried: no rounding in `clip_pixels` (differs by < 1 level: caught), antialias always on
-    (growing clips differ: caught), crop box taken from the padded batch shape instead of the clip (caught by the
-    batch check below)."""
+def test_rendering_is_within_one_level_of_the_cpu_augmentation_it_replaced(train, geometry):
+    """Same plan; the worker's rendering, the device function on the CPU and the float resize a GPU runs all agree
+    with the reference within the module's tolerance (the float one exactly).
+
+    Broken variants tried: no rounding in `resize_in_float` (differs by < 1 level: caught), the CPU kernel without
+    antialias (shrinking clips differ by more than a level: caught), the device function ignoring the crop boxes
+    (caught)."""
     (height, width), size = geometry
     transform = VideoTransform(size, max_frames=12, train=train, speed_range=(0.6, 1.5), frame_drop=0.2,
                                crop_scale=(0.5, 1.0), eval_crop=0.8)
     clips, expected = [], []
+    differing, compared = 0, 0
     for seed in range(6):
         frames = video(9 + 3 * seed, height, width, seed)
         expected.append(cpu_augmentation_before_the_split(transform, frames, random.Random(seed)))
-        assert torch.equal(transform(frames, random.Random(seed)), expected[-1])  # the CPU path
-        clips.append(transform.clip(frames, random.Random(seed)))
+        rendered = transform(frames, random.Random(seed))  # the CPU path
+        assert rendered.shape == expected[-1].shape and rendered.dtype == torch.uint8
+        difference = (rendered.int() - expected[-1].int()).abs()
+        assert int(difference.max()) <= 1
+        differing, compared = differing + int(difference.sum()), compared + difference.numel()
+        clip = transform.clip(frames, random.Random(seed))
+        clips.append(clip)
+        # What a GPU computes: the reference's own arithmetic.
+        top, left, crop_h, crop_w = clip.crop_box
+        if (crop_h, crop_w) != (size, size):
+            cropped = frames[:, top : top + crop_h, left : left + crop_w].permute(0, 3, 1, 2)
+            in_float = resize_in_float(cropped, size, antialias=crop_h > size or crop_w > size)
+            assert torch.equal(in_float[clip.frame_index], expected[-1].float())
+    assert differing / compared < 0.25
     samples = [VideoSample(clip, "t", i, i, str(i)) for i, clip in enumerate(clips)]
     stored = collate_videos(samples, stored=True)
     assert STORED_FRAMES in stored and "frames" not in stored  # a consumer that forgets to render fails loudly
@@ -85,9 +105,7 @@ def test_rendering_is_bit_identical_to_the_cpu_augmentation_it_replaced(train, g
     rendered = collate_videos(samples, normalize=False)
     mask = stored["frame_mask"]
     assert torch.equal(mask, rendered["frame_mask"])
-    for row, frames in enumerate(expected):
-        assert torch.equal(on_device[row, : len(frames)], frames.float())
-        assert torch.equal(rendered["frames"][row, : len(frames)], frames)
+    assert torch.equal(on_device[mask], rendered["frames"][mask].float())
     # Normalised on the device = the loader's own normalisation of the same pixels (time padding aside).
     normalized = collate_videos(samples, normalize=True)
     assert torch.equal(render_stored_batch(stored, "cpu")[mask], normalized["frames"][mask])
@@ -108,9 +126,9 @@ def corpus(request, tmp_path_factory):
 
 def test_every_loader_hands_the_device_what_the_cpu_augmentation_gave(corpus):
     """Stored batches from the three readers, rendered by the training step's function, equal the workers'
-    normalised batches frame for frame and padding flag for flag, and both equal the augmentation before the
-    split applied to the whole decoded video with the same generator: per sample (seed, epoch, sample id) for
-    the indexed readers, one per worker in stream order for the stream. Same plan, same pixels.
+    normalised batches frame for frame and padding flag for flag, and both are the augmentation before the split
+    applied to the whole decoded video with the same generator (per sample (seed, epoch, sample id) for the
+    indexed readers, one per worker in stream order for the stream): the same plan, pixels within a level.
 
     Broken variants tried: the stream drawing one number before the frame indices (caught by the reference),
     `collate_stored` cutting the crop but keeping the crop box's offset (caught by stored vs normalised)."""
@@ -135,10 +153,18 @@ def test_every_loader_hands_the_device_what_the_cpu_augmentation_gave(corpus):
             assert frames.shape == theirs["frames"].shape and frames.dtype == torch.float32
             mask = mine["frame_mask"]
             assert torch.equal(frames[mask], theirs["frames"][mask]), name
+            pixels = collate_videos_pixels(mine)
             for row, sample_id in enumerate(mine["sample_ids"].tolist()):
                 rng = stream_rng if name == "stream train" else random.Random(derive_seed(3, epoch, sample_id))
                 expected = cpu_augmentation_before_the_split(transform, reader.get(sample_id)["frames"], rng)
-                assert torch.equal(frames[row, : len(expected)], normalize_frames(expected)), (name, sample_id)
+                assert int(mask[row].sum()) == len(expected), (name, sample_id)  # the same frames ...
+                difference = (pixels[row, : len(expected)] - expected.float()).abs()
+                assert float(difference.max()) <= 1, (name, sample_id)  # ... within a level
+
+
+def collate_videos_pixels(stored_batch: dict) -> torch.Tensor:
+    """The pixel values (0-255, float) a stored batch renders to."""
+    return render_stored_batch(stored_batch, "cpu", normalize=False)
 
 
 def test_a_stored_batch_is_smaller_than_its_video_and_cut_to_the_crop(corpus):
