@@ -20,21 +20,28 @@ Options: --sizes 64 224 --videos 24 --frames 48 --workers 2 --rounds 3 --batch-s
 Prints a markdown table (paste into benchmarks/results/data.md).
 
 `--gpu-feed` answers another question: how many CPU cores keep one GPU fed. It measures what one core
-delivers (CPU seconds of the whole loader in one process: read, decode, transform, collate; uint8 out) for
-npy and mp4 shards at 224 px, in evaluation mode and with the training augmentation, and the decode cost and
-fidelity of x264 settings; it counts the training FLOPs per frame of `base` and `large`
-(benchmarks/model_flops.py) and divides the frames/s one GPU consumes at a given MFU of its bf16 peak by the
-frames/s per core:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --gpu-feed --frames 117
+delivers (CPU seconds of the whole loader in one process, one thread: read, decode, plan, render or not,
+collate) for npy and mp4 shards read at 224 px, in evaluation mode and with the training augmentation (the
+stream, and the indexed reader the recipe trains with), for each loader output: "uint8" (rendered in the
+loader), "stored" (the loader's share when the GPU crops, resizes and normalises) and "stored" rendered on the
+CPU by the device function (its cost where it runs on a CPU); and the same at the CPU demo's geometry (32 px).
+It also times the decode cost and fidelity of x264 settings, counts the training FLOPs per frame of `base` and
+`large` (benchmarks/model_flops.py) and divides the frames/s one GPU consumes at a given MFU of its bf16 peak by
+the frames/s per core. `--baseline DIR` times an earlier version's loaders (a copy of its tree, e.g.
+`git archive REV | tar -x -C DIR`) beside this one's in the same run, alternating round by round in child
+processes (this machine is shared and noisy: the ratios are the result):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --gpu-feed --frames 117 --baseline DIR
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +52,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+REPO = Path(__file__).resolve().parents[1]
+# Run as a script from anywhere; BENCH_DATA_SOURCE: another checkout's sharded_data (--baseline's child processes).
+sys.path.insert(0, os.environ.get("BENCH_DATA_SOURCE", str(REPO)))
 
 from benchmarks.model_flops import PHOENIX_MEAN_FRAMES  # noqa: E402
 from sharded_data.format import read_video_file  # noqa: E402
@@ -55,7 +64,7 @@ from sharded_data.sources import FrameDirectorySource  # noqa: E402
 from sharded_data.transforms import VideoTransform  # noqa: E402
 from sharded_data.write import write_corpus  # noqa: E402
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "media"
+MEDIA = REPO.parent / "shared" / "data" / "media"
 CLIPS = ("autsl_signer0_sample1000_color.mp4", "poseformat_test_video.mp4")
 
 
@@ -73,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-peak-tflops", type=float, default=790.0,
                         help="the GPU's dense bf16 matmul peak (H200: ~790 measured, ENVIRONMENT.md)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation the GPU is assumed to reach")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="--gpu-feed: a checkout of an earlier version (e.g. `git worktree add /tmp/before REV`) "
+                             "whose loaders are timed beside this one's, round after round")
+    parser.add_argument("--stored-size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"),
+                        help="--gpu-feed: the frame size the shards store (read at 224 px; PHOENIX: 210 260)")
+    parser.add_argument("--skip-codecs", action="store_true", help="--gpu-feed: leave out the x264 settings table")
+    parser.add_argument("--loader-cost", help=argparse.SUPPRESS)  # internal: one child process of --gpu-feed
     return parser.parse_args(argv)
 
 
@@ -91,16 +107,20 @@ def base_clips(media: Path = MEDIA) -> tuple[list[np.ndarray], str]:
     return clips, "synthetic signers (shared/data/media not found)"
 
 
-def make_video(clips: list[np.ndarray], number: int, n_frames: int, side: int) -> np.ndarray:
-    """Video `number`: a clip looped to n_frames, a square crop at a place depending on `number`, resized."""
+def make_video(clips: list[np.ndarray], number: int, n_frames: int, height: int, width: int | None = None) -> np.ndarray:
+    """Video `number`: a clip looped to n_frames, a crop of the output's aspect ratio at a place depending on
+    `number`, resized to height x width (a square of `height` by default)."""
+    width = width or height
     clip = clips[number % len(clips)]
     frames = clip[(np.arange(n_frames) + 5 * number) % len(clip)]
-    height, width = frames.shape[1:3]
-    crop = int(min(height, width) * 0.8)
+    source_h, source_w = frames.shape[1:3]
+    scale = 0.8 * min(source_h / height, source_w / width)
+    crop_h, crop_w = int(height * scale), int(width * scale)
     rng = np.random.default_rng(number)
-    top, left = rng.integers(0, height - crop + 1), rng.integers(0, width - crop + 1)
-    frames = frames[:, top : top + crop, left : left + crop]
-    return np.stack([np.asarray(Image.fromarray(frame).resize((side, side), Image.Resampling.BILINEAR)) for frame in frames])
+    top, left = rng.integers(0, source_h - crop_h + 1), rng.integers(0, source_w - crop_w + 1)
+    frames = frames[:, top : top + crop_h, left : left + crop_w]
+    return np.stack([np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR))
+                     for frame in frames])
 
 
 def write_png_folders(root: Path, videos: list[np.ndarray]) -> list[str]:
@@ -181,53 +201,128 @@ def cpu_seconds(run) -> float:
     return time.process_time() - start
 
 
-def loader_frames_per_core(make_loader, rounds: int) -> float:
-    """Frames per CPU second of a loader running in this process (num_workers=0, one thread): the median of rounds."""
-    def epoch() -> int:
-        return sum(int(batch["frame_mask"].sum()) for batch in make_loader())
+# What one loader process costs per frame, measured in a child process so that the loaders of two versions of
+# sharded_data (this checkout and --baseline) are timed in the same run, round after round.
+LOADER_MODES = ("evaluation", "training, stream", "training, indexed")
+LOADER_VARIANTS = {
+    # name: (ReaderConfig.output, render the stored batch on this CPU inside the timed loop)
+    "uint8": ("uint8", False),  # rendered in the loader (before: the CPU transform; after: the device's functions)
+    "stored": ("stored", False),  # the loader's share of a GPU run: the device crops, resizes and normalises
+    "stored, rendered on the CPU": ("stored", True),  # + render_stored_batch on the CPU, in the loader's process
+}
 
-    frames = epoch()  # warm: page cache, lazy imports
-    return statistics.median(frames / cpu_seconds(epoch) for _ in range(rounds))
+
+def loader_cost(spec: dict) -> dict[str, float]:
+    """Frames per CPU second of each (shards, mode, variant) in `spec`: one process, num_workers=0, one thread.
+
+    Runs with whichever sharded_data is first on sys.path (this checkout, or --baseline's)."""
+    torch.set_num_threads(1)
+    results = {}
+    for name, shards in spec["shards"].items():
+        frame_size, max_frames = spec["frame_size"][name], spec["max_frames"][name]
+        for mode in LOADER_MODES:
+            for variant in spec["variants"]:
+                output, render = LOADER_VARIANTS[variant]
+                cfg = ReaderConfig(frame_size=frame_size, max_frames=max_frames, output=output, num_workers=0,
+                                   shuffle_buffer=16, shuffle_initial=4)  # the default augmentation at training
+                make = loader_maker(shards, mode, cfg, spec["batch_size"])
+
+                def epoch() -> int:
+                    frames = 0
+                    for batch in make():
+                        if render:
+                            from sharded_data.transforms import render_stored_batch
+
+                            render_stored_batch(batch, "cpu", normalize=False)  # as the uint8 output: pixels
+                        frames += int(batch["frame_mask"].sum())
+                    return frames
+
+                if spec.get("warm", True):
+                    epoch()  # page cache, lazy imports
+                start = time.process_time()
+                frames = epoch()
+                results[f"{name}|{mode}|{variant}"] = frames / (time.process_time() - start)
+    return results
+
+
+def loader_maker(shards: str, mode: str, cfg: ReaderConfig, batch_size: int):
+    if mode == "evaluation":
+        return partial(make_eval_loader, shards, "train", batch_size, 0, 1, cfg)
+    if mode == "training, stream":
+        return partial(make_train_loader, shards, "train", batch_size, 0, 1, 0, cfg)
+    from sharded_data.format import load_index
+    from sharded_data.reader import make_indexed_loader
+
+    ids = load_index(shards, "train").sample_id  # the recipe's training path: batches of ids, per-sample seeds
+    plan = [ids[start : start + batch_size] for start in range(0, len(ids) - batch_size + 1, batch_size)]
+    return partial(make_indexed_loader, shards, "train", plan, batch_size, cfg, True, 0)
+
+
+def measure_versions(spec: dict, versions: dict[str, Path], rounds: int) -> dict[tuple, float]:
+    """{(version, shards, mode, variant): median frames per core-second}; versions alternate round by round."""
+    rates: dict[tuple, list[float]] = {}
+    for _ in range(rounds):
+        for version, source in versions.items():
+            variants = list(LOADER_VARIANTS) if version == "after" else ["uint8"]
+            child = {**spec, "variants": variants}
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_DATA_SOURCE": str(source)}
+            done = subprocess.run([sys.executable, __file__, "--loader-cost", json.dumps(child)], env=env,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{version} loaders ({source}) failed:\n{done.stderr[-3000:]}")
+            for key, rate in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                rates.setdefault((version, *key.split("|")), []).append(rate)
+    return {key: statistics.median(values) for key, values in rates.items()}
 
 
 def gpu_feed(args: argparse.Namespace, work: Path) -> None:
     from benchmarks.model_flops import flops_per_frame
     from sharded_data.format import decode_mp4_bytes
 
+    height, width = args.stored_size
     side = 224
     clips, content = base_clips(args.media)
-    videos = [make_video(clips, number, args.frames, side) for number in range(args.videos)]
-    print(f"content: {content}, {args.videos} videos x {args.frames} frames at {side} px\n")
+    videos = [make_video(clips, number, args.frames, height, width) for number in range(args.videos)]
+    print(f"content: {content}, {args.videos} videos x {args.frames} frames stored at {height}x{width} px, "
+          f"read at {side} px\n")
 
-    print("## Decode cost of x264 settings (decode_mp4_bytes: H.264 + conversion to RGB; one core)\n")
-    print("| x264 settings | frames per CPU second | KiB per video | mean abs error (0-255) |")
-    print("|---|---|---|---|")
-    for name, options in X264_VARIANTS.items():
-        encoded = [encode_with(video, options) for video in videos]
-        rates = [len(videos) * args.frames / cpu_seconds(lambda: [decode_mp4_bytes(data) for data in encoded])
-                 for _ in range(args.rounds)]
-        error = statistics.mean(float(np.abs(decode_mp4_bytes(data).astype(np.float32) - video).mean())
-                                for data, video in zip(encoded, videos))
-        print(f"| {name} | {statistics.median(rates):,.0f} | {sum(map(len, encoded)) / len(encoded) / 1024:.0f} "
-              f"| {error:.2f} |")
+    if not args.skip_codecs:
+        print("## Decode cost of x264 settings (decode_mp4_bytes: H.264 + conversion to RGB; one core)\n")
+        print("| x264 settings | frames per CPU second | KiB per video | mean abs error (0-255) |")
+        print("|---|---|---|---|")
+        for name, options in X264_VARIANTS.items():
+            encoded = [encode_with(video, options) for video in videos]
+            rates = [len(videos) * args.frames / cpu_seconds(lambda: [decode_mp4_bytes(data) for data in encoded])
+                     for _ in range(args.rounds)]
+            error = statistics.mean(float(np.abs(decode_mp4_bytes(data).astype(np.float32) - video).mean())
+                                    for data, video in zip(encoded, videos))
+            print(f"| {name} | {statistics.median(rates):,.0f} | {sum(map(len, encoded)) / len(encoded) / 1024:.0f} "
+                  f"| {error:.2f} |")
 
     root = work / "gpu_feed"
     shutil.rmtree(root, ignore_errors=True)
-    folders = write_png_folders(root / "png", videos)
-    sources = [FrameDirectorySource(f"video{n:04d}", f"sentence {n % 8}", signer=f"s{n % 3}", path=folder)
-               for n, folder in enumerate(folders)]
-    per_core = {}
-    for video_format in ("npy", "mp4"):
-        shards = root / video_format
-        write_corpus(shards, {"train": sources}, video_format=video_format, samples_per_shard=4,
-                     num_workers=args.workers, progress=False)
-        evaluation = ReaderConfig(frame_size=side, max_frames=args.frames, output="uint8", num_workers=0)
-        training = ReaderConfig(frame_size=side, max_frames=args.frames, output="uint8", num_workers=0,
-                                shuffle_buffer=16, shuffle_initial=4)  # the default augmentation: speed, drop, crop + resize
-        per_core[video_format, "eval"] = loader_frames_per_core(
-            partial(make_eval_loader, shards, "train", args.batch_size, 0, 1, evaluation), args.rounds)
-        per_core[video_format, "train"] = loader_frames_per_core(
-            partial(make_train_loader, shards, "train", args.batch_size, 0, 1, 0, training), args.rounds)
+    # The CPU demo's geometry too (synthetic-corpus size: 32 px stored and read, 64 frames at most): the device
+    # functions run on the CPU there, and must not make it slower.
+    demo_side, demo_frames = 32, 64
+    corpora = {"": (videos, side, args.frames), "demo 32 px, ": (
+        [make_video(clips, number, demo_frames, demo_side, demo_side) for number in range(args.videos)],
+        demo_side, demo_frames)}
+    spec = {"shards": {}, "frame_size": {}, "max_frames": {}, "batch_size": args.batch_size}
+    for prefix, (frames, frame_size, max_frames) in corpora.items():
+        folders = write_png_folders(root / f"png{frame_size}", frames)
+        sources = [FrameDirectorySource(f"video{n:04d}", f"sentence {n % 8}", signer=f"s{n % 3}", path=folder)
+                   for n, folder in enumerate(folders)]
+        for video_format in ("npy", "mp4"):
+            shards = root / f"{video_format}{frame_size}"
+            write_corpus(shards, {"train": sources}, video_format=video_format, samples_per_shard=4,
+                         num_workers=args.workers, progress=False)
+            name = f"{prefix}{video_format}"
+            spec["shards"][name], spec["frame_size"][name], spec["max_frames"][name] = str(shards), frame_size, max_frames
+
+    versions = {"after": REPO}
+    if args.baseline:
+        versions = {"before": args.baseline.resolve(), **versions}
+    rates = measure_versions(spec, versions, args.rounds)
 
     gpu_rate = {}
     for preset in ("base", "large"):
@@ -237,18 +332,41 @@ def gpu_feed(args: argparse.Namespace, work: Path) -> None:
               f"video at 224 px, frame CNN {100 * flops['cnn_share']:.0f}%): one GPU at {100 * args.mfu:.0f}% of "
               f"{args.gpu_peak_tflops:.0f} TFLOP/s consumes {gpu_rate[preset]:,.0f} frames/s")
 
-    print("\n## Cores per GPU (loader frames per CPU second; cores = GPU frames/s / that, + 1 for the training process)\n")
-    print("| shards | loader | frames per core-second | cores per GPU, base | cores per GPU, large |")
-    print("|---|---|---|---|---|")
-    for (video_format, mode), rate in per_core.items():
-        cores = {preset: math.ceil(gpu_rate[preset] / rate) + 1 for preset in gpu_rate}
-        label = "training (speed, frame drop, crop + resize)" if mode == "train" else "evaluation (no resize)"
-        print(f"| {video_format} | {label} | {rate:,.0f} | {cores['base']} | {cores['large']} |")
+    def cores(rate: float, preset: str = "large") -> int:
+        return math.ceil(gpu_rate[preset] / rate) + 1
+
+    print("\n## Cores per GPU (loader frames per CPU second, one process, one thread, median of rounds; "
+          "cores = GPU frames/s / that, + 1 for the training process)\n")
+    before = "before" in versions
+    columns = (["before: uint8 (CPU augmentation)"] if before else []) + [
+        "after: uint8 (device functions on the CPU, in the loader)", "after: stored (the GPU renders)",
+        "after: stored, rendered on the CPU"]
+    print("| shards | loader | " + " | ".join(columns) + " | cores per GPU, base | cores per GPU, large |")
+    print("|---|---|" + "---|" * len(columns) + "---|---|")
+    for name in spec["shards"]:
+        for mode in LOADER_MODES:
+            values = ([rates["before", name, mode, "uint8"]] if before else []) + [
+                rates["after", name, mode, variant] for variant in LOADER_VARIANTS]
+            ratios = [f"{value:,.0f}" + (f" ({value / values[0]:.2f}x)" if before and i else "")
+                      for i, value in enumerate(values)]
+            stored = rates["after", name, mode, "stored"]
+            base_cores = (f"{cores(values[0], 'base')} -> " if before else "") + str(cores(stored, "base"))
+            large_cores = (f"{cores(values[0])} -> " if before else "") + str(cores(stored))
+            gpu_rows = not name.startswith("demo")
+            print(f"| {name} | {mode} | " + " | ".join(ratios) + f" | {base_cores if gpu_rows else '-'} | "
+                  f"{large_cores if gpu_rows else '-'} |")
+
+
+def loader_cost_child(spec_json: str) -> None:
+    print(json.dumps(loader_cost(json.loads(spec_json))))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.loader_cost:
+        loader_cost_child(args.loader_cost)
+        return
     if args.gpu_feed:
         work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_data_"))
         print(f"# data benchmark, --gpu-feed: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "

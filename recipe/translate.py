@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,19 +30,23 @@ from sharded_data.sources import FrameDirectorySource, frame_pattern
 from sharded_data.transforms import VideoSample, VideoTransform, collate_videos
 
 
-def load_video(path: str | Path) -> np.ndarray:
+def load_video(path: str | Path, frame_indices: Callable[[int], Sequence[int]] | None = None) -> np.ndarray:
     """uint8 T x H x W x 3 from a video file or a frame directory (within the decode limit); errors name the
-    path: OSError or ValueError (DecodeLimitError for a video that would decode too large)."""
+    path: OSError or ValueError (DecodeLimitError for a video that would decode too large).
+
+    `frame_indices(num_frames)`: only those frames, in that order, are decoded and returned (the count from the
+    folder's listing, or the container's claim, checked: `sharded_data.format.read_video_file`)."""
     path = Path(path)
     if path.is_dir():
         pattern = frame_pattern(path)
         if pattern is None:
             raise FileNotFoundError(f"{path}: a folder without frame images (png/jpg)")
-        return FrameDirectorySource(name=str(path), text="", path=str(path), pattern=pattern).load_frames()
+        source = FrameDirectorySource(name=str(path), text="", path=str(path), pattern=pattern)
+        return source.load_frames(None if frame_indices is None else frame_indices(len(source.frame_files())))
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such video file or frame folder")
     try:
-        return read_video_file(path)
+        return read_video_file(path, frame_indices=frame_indices)
     except (OSError, ValueError):
         raise
     except Exception as error:  # PyAV's own error classes on a file that is not a video
@@ -100,10 +106,13 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str]]:
     if not inputs:
         parser.error("give video files / frame folders, or --manifest FILE")
     translator = Translator(args.model, args.num_beams, args.max_new_tokens, args.max_frames)
+    # The evaluation transform's frames (every frame, or max_frames evenly spaced) are chosen before decoding; the
+    # transform then keeps all of them: the same frames as decoding everything.
+    frames_of_clip = partial(translator.transform.frame_indices, rng=None)
     results = []
     for start in range(0, len(inputs), args.batch_size):
         chunk = inputs[start : start + args.batch_size]
-        results += list(zip(chunk, translator([load_video(path) for path in chunk])))
+        results += list(zip(chunk, translator([load_video(path, frames_of_clip) for path in chunk])))
     lines = [f"{path}\t{text}" for path, text in results]
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -24,13 +24,14 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -49,6 +50,8 @@ SHARD_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.tar$")
 # `--max-decoded-gib` (writer) or ReaderConfig.max_decoded_bytes for corpora of long high-resolution videos.
 DEFAULT_MAX_DECODED_BYTES = 2 * 1024**3
 FRAME_OVERHEAD_BYTES = 512
+
+logger = logging.getLogger("sharded_data")
 
 
 class DecodeLimitError(ValueError):
@@ -343,17 +346,44 @@ def decode_mp4_bytes_selected(data: bytes, keep: Sequence[int] | None,
     return frames, total
 
 
-def read_video_file(path: str | os.PathLike, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
-    """Any video file PyAV can open (mp4, avi, mkv; H.264, MPEG-4 part 2, ...) -> uint8 T x H x W x 3."""
+# Files whose container claimed another frame count than they hold, found while choosing frames before decoding
+# (`read_video_file` with `frame_indices`): each was decoded again in full, within the bound. Per process.
+frame_count_fallbacks = 0
+
+
+def read_video_file(path: str | os.PathLike, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                    frame_indices: Callable[[int], Sequence[int]] | None = None) -> np.ndarray:
+    """Any video file PyAV can open (mp4, avi, mkv; H.264, MPEG-4 part 2, ...) -> uint8 T x H x W x 3.
+
+    `frame_indices(num_frames)`: return only those frames, in that order, converting only those to RGB; the
+    count is the container's claim. Containers can be wrong about it (edit lists, variable frame rate, a count
+    estimated from the duration): when the decoded count differs, the file is decoded again in full and the frames
+    are chosen from the true count (`frame_indices` is then called a second time), logged and counted in
+    `frame_count_fallbacks`. The result is the same as decoding everything and choosing afterwards."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        decoded = decode_rgb_frames(container, stream, max_decoded_bytes, str(path))
-    if not decoded:
+        claimed = claimed_frame_count(container, stream)
+        if frame_indices is None or claimed <= 0:
+            decoded = decode_rgb_frames(container, stream, max_decoded_bytes, str(path))
+            positions, total = None, len(decoded)
+        else:
+            keep, positions = np.unique(np.asarray(frame_indices(claimed), dtype=np.int64), return_inverse=True)
+            decoded, total = decode_selected_rgb_frames(container, stream, keep.tolist(), max_decoded_bytes, str(path))
+    if total == 0:
         raise ValueError(f"{path}: no decodable video frame")
-    return np.stack(decoded)
+    if positions is not None and total != claimed:
+        global frame_count_fallbacks
+        frame_count_fallbacks += 1
+        logger.warning("%s: the container claims %d frames, it holds %d; decoding it again to choose frames from "
+                       "the true count", path, claimed, total)
+        return read_video_file(path, max_decoded_bytes)[np.asarray(frame_indices(total), dtype=np.int64)]
+    frames = np.stack(decoded)
+    if frame_indices is None:
+        return frames
+    return frames[positions] if positions is not None else frames[np.asarray(frame_indices(total), dtype=np.int64)]
 
 
 # ----------------------------------------------------------------------------------------------- index

@@ -6,7 +6,8 @@ reasons: the data benchmark compares the shards against it over the same frames,
 not sharded their corpus yet can train from the release folders directly (slowly).
 
 It produces the same Batch dicts as the shard readers (same transforms, same collate, same bad-sample
-accounting: an unreadable image skips its video, logged once and counted in `loader.stats`).
+accounting: an unreadable image skips its video, logged once and counted in `loader.stats`). As they do, it
+draws a clip's frame indices before decoding, from the folder's listing, and opens only those images.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from sharded_data.bad_samples import IMAGE_READ_ERROR, MISSING_TEXT, VIDEO_TOO_LARGE, ZERO_FRAMES, SkippedSample
+from sharded_data.decode import frames_to_decode
 from sharded_data.format import DEFAULT_MAX_DECODED_BYTES, DecodeLimitError, normalize_text, sample_key
 from sharded_data.indexed import EntryBatches, IndexedCollate
 from sharded_data.loader import VideoLoader, dataloader_kwargs, derive_seed
@@ -74,8 +76,12 @@ class PngFrameDataset(Dataset):
         index, valid = (int(item[0]), bool(item[1])) if isinstance(item, tuple) else (int(item), True)
         video = self.videos[index]
         key = sample_key(self.split, index)
+        rng = random.Random(derive_seed(self.seed, self.epoch, index)) if self.transform.train else None
+        source = FrameDirectorySource(name=str(video.folder), text="", path=str(video.folder), pattern=video.pattern)
         try:
-            frames = read_frame_folder(video.folder, video.pattern, self.max_decoded_bytes)
+            keep, positions = frames_to_decode(self.transform.frame_indices(len(source.frame_files()), rng))
+            with decode_limit(self.max_decoded_bytes):
+                frames = torch.from_numpy(source.load_frames(keep))
         except OSError as error:  # PIL raises OSError subclasses (UnidentifiedImageError) on bad images
             return SkippedSample(video.folder, key, IMAGE_READ_ERROR, str(error))
         except DecodeLimitError as error:
@@ -85,15 +91,8 @@ class PngFrameDataset(Dataset):
             return SkippedSample(video.folder, key, cause, str(error))
         if not video.text.strip():
             return SkippedSample(video.folder, key, MISSING_TEXT, "empty target sentence")
-        rng = random.Random(derive_seed(self.seed, self.epoch, index)) if self.transform.train else None
-        return VideoSample(self.transform(frames, rng), video.text.strip(), index, video.sentence_id, key, valid)
-
-
-def read_frame_folder(folder: str | os.PathLike, pattern: str = "*.png",
-                      max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> torch.Tensor:
-    """uint8 [T, H, W, 3] from a folder of images, in file-name order, one PIL open per frame."""
-    with decode_limit(max_decoded_bytes):
-        return torch.from_numpy(FrameDirectorySource(name=str(folder), text="", path=str(folder), pattern=pattern).load_frames())
+        clip = self.transform.clip_of_decoded(frames, positions, rng)
+        return VideoSample(clip, video.text.strip(), index, video.sentence_id, key, valid)
 
 
 def make_png_loader(dataset: PngFrameDataset, batch_size: int, cfg: ReaderConfig, shuffle: bool) -> VideoLoader:
@@ -101,5 +100,5 @@ def make_png_loader(dataset: PngFrameDataset, batch_size: int, cfg: ReaderConfig
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, dataset.epoch) % 2**63)
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches = EntryBatches(BatchSampler(sampler, batch_size, drop_last=shuffle), batch_size)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=IndexedCollate(dataset, cfg.normalize), **dataloader_kwargs(cfg))
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=IndexedCollate(dataset, cfg.normalize, stored=cfg.stored), **dataloader_kwargs(cfg))
     return VideoLoader(loader, len(batches), dataset.data_dir, cfg, world_size=1)

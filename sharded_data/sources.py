@@ -33,6 +33,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Sequence
 
 import numpy as np
 
@@ -126,22 +127,29 @@ class FrameDirectorySource(VideoSource):
     path: str = ""
     pattern: str = "*.png"
 
-    def load_frames(self) -> np.ndarray:
-        """All frames in one preallocated array, its size checked from the first image's header (before any
-        pixel is decoded) against the decode limit."""
-        from PIL import Image
-
+    def frame_files(self) -> list[Path]:
+        """The frame images in file-name order (the listing: the video's exact frame count, nothing decoded)."""
         files = sorted(Path(self.path).glob(self.pattern))
         if not files:
             raise ValueError(f"{self.path}: no frame matches {self.pattern!r}")
+        return files
+
+    def load_frames(self, positions: Sequence[int] | None = None) -> np.ndarray:
+        """All frames (or those at `positions` of the listing, in that order: only those images are decoded) in one
+        preallocated array, the whole video's size checked from the first image's header (before any pixel is
+        decoded) against the decode limit."""
+        from PIL import Image
+
+        listing = self.frame_files()
+        files = listing if positions is None else [listing[position] for position in positions]
         frames = None
         for position, file in enumerate(files):
             try:
                 with Image.open(file) as image:  # reads the header only; pixels are decoded by convert()
                     if frames is None:
                         width, height = image.size
-                        check_decoded_size(len(files), height, width, _max_decoded_bytes, self.path,
-                                           f" ({file.name} and {len(files) - 1} more images)")
+                        check_decoded_size(len(listing), height, width, _max_decoded_bytes, self.path,
+                                           f" ({file.name} and {len(listing) - 1} more images)")
                         frames = np.empty((len(files), height, width, 3), np.uint8)
                     if image.size != (frames.shape[2], frames.shape[1]):
                         raise ValueError(f"{file}: frame size {image.size[::-1]} differs from {files[0].name} "

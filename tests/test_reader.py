@@ -1,5 +1,6 @@
 """The shard readers: exact round trips, coverage and equal batch counts over ranks x workers, eval
-padding, indexed == streaming, deterministic eval transforms, train-time augmentation."""
+padding, indexed == streaming, deterministic eval transforms, train-time augmentation; video files and frame
+folders decode only the frames a clip shows (shards: tests/test_device_augmentation.py)."""
 from __future__ import annotations
 
 import random
@@ -229,3 +230,61 @@ def test_indexed_loader_follows_the_batch_sampler(npy_dir):
     for sample_id, frames, _ in rows(batches[0]):
         assert torch.equal(frames, stored(sample_id))
     assert loader.stats == {"seen": 7, "skipped": 0, "by_cause": {}}
+
+
+# ------------------------------------------------------------------------- frames chosen before decoding
+
+
+def test_a_video_file_decodes_only_the_chosen_frames_and_falls_back_when_its_container_miscounts(tmp_path, monkeypatch):
+    """`read_video_file` with a plan returns exactly the full decode's frames at those indices. A container that
+    claims another frame count (here: made to claim 5 more) is caught after decoding, decoded again in full, the
+    plan redrawn from the true count, and counted; a container that claims nothing is decoded in full.
+
+    Broken variants tried: trusting the claim (no recount: the plan drawn for 35 frames picks other frames, and a
+    frame past the end is missing: caught), the fallback not counted (caught)."""
+    from sharded_data import format as fmt
+
+    frames = ArraySource("v", "t", seed=3, n_frames=30, side=12).load_frames()
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(fmt.encode_video(frames, "mp4")[1])
+    whole = fmt.read_video_file(path)
+    evenly = VideoTransform(frame_size=12, max_frames=7, train=False).frame_indices
+    plan = lambda n: evenly(n, None)  # noqa: E731
+    np.testing.assert_array_equal(fmt.read_video_file(path, frame_indices=plan), whole[plan(30)])
+    assert fmt.frame_count_fallbacks == 0
+
+    true_count = fmt.claimed_frame_count
+    monkeypatch.setattr(fmt, "claimed_frame_count", lambda container, stream: true_count(container, stream) + 5)
+    np.testing.assert_array_equal(fmt.read_video_file(path, frame_indices=plan), whole[plan(30)])
+    assert fmt.frame_count_fallbacks == 1
+    monkeypatch.setattr(fmt, "claimed_frame_count", lambda container, stream: 0)
+    np.testing.assert_array_equal(fmt.read_video_file(path, frame_indices=plan), whole[plan(30)])
+    assert fmt.frame_count_fallbacks == 1
+    monkeypatch.setattr(fmt, "frame_count_fallbacks", 0)
+
+
+def test_frame_folders_open_only_the_chosen_images(tmp_path):
+    """The PNG loader draws the plan from the folder's listing and opens only those images: an unreadable image
+    the plan skips costs nothing, and the batch equals the transform of the whole folder.
+
+    Broken variant tried: `load_frames` ignoring `positions` (the garbage image is opened: caught)."""
+    from PIL import Image
+
+    from sharded_data.png_loader import PngFrameDataset, PngVideo, make_png_loader
+    from sharded_data.sources import FrameDirectorySource
+
+    folder = tmp_path / "video0"
+    folder.mkdir()
+    frames = ArraySource("v", "t", seed=5, n_frames=10, side=SIDE).load_frames()
+    for number, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"images{number + 1:04d}.png")
+    transform = VideoTransform(frame_size=SIDE, max_frames=4, train=False)  # frames 0, 3, 6, 9
+    expected = transform(torch.from_numpy(frames))
+    (folder / "images0002.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    source = FrameDirectorySource(name="v", text="", path=str(folder))
+    np.testing.assert_array_equal(source.load_frames([0, 3, 6, 9]), frames[[0, 3, 6, 9]])
+    with pytest.raises(OSError, match="images0002.png"):
+        source.load_frames()
+    dataset = PngFrameDataset([PngVideo(str(folder), "a sentence", 0)], transform, data_dir=str(tmp_path))
+    batch = next(iter(make_png_loader(dataset, 1, exact_config(max_frames=4), shuffle=False)))
+    assert torch.equal(batch["frames"][0], expected) and batch["valid"].tolist() == [True]
