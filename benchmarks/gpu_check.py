@@ -10,8 +10,8 @@ benchmarks/results/gpu.md); a stage that fails is recorded with its error and th
 3. training steps of `base` and `large` in bf16 (ds_configs/zero2_bf16.json) on PHOENIX-length clips:
    losses finite, samples/s, frames/s, peak memory, and model-FLOPs utilisation from counted FLOPs
    (benchmarks/model_flops.py) against the GPU's bf16 peak (goal for `large`: >= 40%);
-4. loader: frames/s of the training loader on npy shards at 224 px with the machine's cores, against the
-   frames/s `large` consumes;
+4. loader: frames/s of the training loader on npy shards (stored at 210x260, rendered to 224 px on the GPU) with
+   the machine's cores, against the frames/s `large` consumes; the GPU's rendering against the CPU's;
 5. the chain on the device: pretrain -> resume -> finetune (bf16 beam-search evaluation) -> export ->
    translate -> evaluate, every loss finite;
 6. the torch lower bound: the 2-rank (gloo) gradient test of the global contrastive loss on this torch.
@@ -224,29 +224,43 @@ environment_cache: dict[str, Any] = {}
 
 
 def loader(sizes: Sizes, out: Path) -> dict:
-    """The training loader on npy shards at the training frame size, with this machine's cores."""
+    """The training loader on npy shards stored at PHOENIX's 210x260 and read at the training frame size, with this
+    machine's cores, as a GPU run reads it: stored batches, cropped, resized and normalised on the device (the
+    device's pixels within 1 of 255 levels of the CPU rendering's)."""
     from recipe.build import loader_workers
+    from recipe.device import batch_frames_to_device, default_device
     from sharded_data.reader import ReaderConfig, make_train_loader
+    from sharded_data.transforms import render_stored_batch
 
     shards = out / "loader_shards"
     shutil.rmtree(shards, ignore_errors=True)
+    stored_size = "26x32" if sizes.dry_run else "210x260"
     run([sys.executable, "-m", "sharded_data.synth", "--out", str(shards), "--preset", "base", "--video-format", "npy",
-         "--train", str(sizes.loader_samples), "--dev", "0", "--test", "0", "--frame-size",
-         f"{sizes.frame_size}x{sizes.frame_size}", "--num-workers", str(max(1, len(os.sched_getaffinity(0)) - 1)),
+         "--train", str(sizes.loader_samples), "--dev", "0", "--test", "0", "--frame-size", stored_size,
+         "--num-workers", str(max(1, len(os.sched_getaffinity(0)) - 1)),
          "--samples-per-shard", "8", "--no-progress"], out / "loader_synth.log")
     workers = loader_workers(-1, 1)
-    config = ReaderConfig(frame_size=sizes.frame_size, max_frames=PHOENIX_FRAMES, output="uint8",
-                          num_workers=workers, pin_memory=torch.cuda.is_available())
-    frames, first = 0, None
+    device = default_device()
+    config = ReaderConfig(frame_size=sizes.frame_size, max_frames=PHOENIX_FRAMES, output="stored",
+                          num_workers=workers, pin_memory=device.type == "cuda")
+    frames, first, level_difference = 0, None, None
     start = time.perf_counter()
     for batch in make_train_loader(shards, "train", 4, 0, 1, 0, config):
+        model_input = batch_frames_to_device(batch, device, torch.bfloat16)
         if first is None:
+            on_device = render_stored_batch(batch, device, normalize=False).cpu()
+            on_cpu = render_stored_batch(batch, "cpu", normalize=False)
+            level_difference = float((on_device - on_cpu).abs().max())
+            assert level_difference <= 1, f"device and CPU renderings differ by {level_difference} levels"
             first = time.perf_counter()
             continue
         frames += int(batch["frame_mask"].sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     rate = frames / (time.perf_counter() - first)
     result = {"workers": workers, "frames_per_s": round(rate, 1), "frames_per_s_per_worker": round(rate / workers, 1),
-              "first_batch_s": round(first - start, 2)}
+              "first_batch_s": round(first - start, 2), "stored_size": stored_size,
+              "render_max_level_difference_device_vs_cpu": level_difference}
     consumed = environment_cache.get("model_frames_per_s")
     if consumed:
         result["large_consumes_frames_per_s"] = consumed
