@@ -3,8 +3,8 @@
 A batch of frames as uint8 is a quarter of the bytes of float32 frames, in the loader workers' shared
 memory, in the pinned copy and over PCIe; normalising costs one pass over the frames, which the GPU does
 in microseconds and a loader worker in milliseconds. A "stored" batch (`ReaderConfig.output="stored"`, what
-GPU runs read) goes further: the frames arrive at their stored size with each clip's crop box and frame
-indices, and the crop + resize, the gather by frame index and the HWC -> CHW layout run here too
+GPU runs read) goes further: the frames arrive at their stored size (cut to each clip's crop) with each clip's
+frame indices, and the resize, the gather by frame index and the HWC -> CHW layout run here too
 (`sharded_data.transforms.render_stored_batch`): they were most of a loader core's time
 (benchmarks/results/data.md, "Feeding a GPU"). The training loop, evaluation and the GPU check all move
 frames through `batch_frames_to_device`, so a loader may hand over stored, uint8 or already-normalised frames.

@@ -8,8 +8,9 @@ sentence id: a wrong sentence id would silently turn a pair into a false negativ
 the decode limit; and it has the number of frames its json says.
 
 Frames are chosen before decoding: given `frame_indices` (the temporal plan of the sample's clip, drawn from the
-frame count alone: `VideoTransform.frame_indices`), only the frames the clip shows are kept (npy: copied out of
-the member; H.264: converted to RGB). The count the plan is drawn from is the json's `n_frames`, which the writer
+frame count alone: `VideoTransform.frame_indices`), only the frames the clip shows are kept (H.264: converted to
+RGB; npy: copied out of the member, or not copied at all when the member's buffer is writable, as the indexed
+reader's is: the collate then copies the clip's frames straight into the batch). The count the plan is drawn from is the json's `n_frames`, which the writer
 recorded by decoding the video and which is checked against the decoded count afterwards, as before: so the plan
 is the one a decode of every frame would have drawn, or the sample is bad (json disagreeing with its video) either
 way. The container's own claims (npy header, mp4 frame count) only bound the decode size.
@@ -45,6 +46,7 @@ from sharded_data.format import (
 @dataclass
 class DecodedSample:
     frames: torch.Tensor  # uint8 [U, H, W, 3]: every frame, or (given frame_indices) those the clip shows, in order
+    # (or still every frame, when that costs nothing: an npy member viewed in place)
     text: str
     meta: SampleMeta
     key: str
@@ -82,11 +84,12 @@ def decode_raw_sample(raw: dict, index: ShardIndex | None = None,
     if index is not None:
         check_against_index(key, meta, index)
     if frame_indices is None:
-        keep, positions = None, None
+        wanted = keep = positions = None
     else:
-        keep, positions = frames_to_decode(frame_indices(meta.n_frames))
+        wanted = frame_indices(meta.n_frames)
+        keep, positions = frames_to_decode(wanted)
     try:
-        frames, total = decode_video_frames(video_ext, raw[video_ext], keep, max_decoded_bytes)
+        frames, total, rows = decode_video_frames(video_ext, raw[video_ext], keep, max_decoded_bytes)
     except DecodeLimitError as error:
         raise SampleError(VIDEO_TOO_LARGE, f"{video_ext} member: {error}") from None
     except Exception as error:  # PyAV and numpy raise many types on garbage; all mean "undecodable"
@@ -96,9 +99,11 @@ def decode_raw_sample(raw: dict, index: ShardIndex | None = None,
         raise SampleError(VIDEO_DECODE_ERROR, f"{video_ext} member has empty frames {frames.shape}")
     if total != meta.n_frames:
         raise SampleError(BAD_META, f"json says {meta.n_frames} frames, the {video_ext} member has {total}")
-    if positions is None:
-        positions = torch.arange(total)
-    return DecodedSample(torch.from_numpy(frames), text, meta, key, positions)
+    if wanted is None:
+        frame_index = torch.arange(total)
+    else:
+        frame_index = wanted if rows is None else positions  # every frame (an npy view) or only the kept ones
+    return DecodedSample(torch.from_numpy(frames), text, meta, key, frame_index)
 
 
 def frames_to_decode(frame_index: torch.Tensor) -> tuple[list[int], torch.Tensor]:

@@ -203,25 +203,58 @@ def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
     return buffer.getvalue()
 
 
+class MemoryFile:
+    """A read-only file over a buffer (bytes, bytearray, memoryview): `tarfile` and numpy's header readers walk it
+    without copying what they skip, where io.BytesIO(memoryview) would copy the whole buffer first."""
+
+    def __init__(self, buffer) -> None:
+        self.view = memoryview(buffer).cast("B")
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.view) if size is None or size < 0 else min(len(self.view), self.position + size)
+        data = bytes(self.view[self.position : end])
+        self.position = max(self.position, end)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self.view)}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
 def decode_video(extension: str, data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """Decode a video member into uint8 T x H x W x 3. Raises ValueError on anything unreadable, and
     DecodeLimitError (a ValueError) when it would decode to more than `max_decoded_bytes`."""
-    frames, _ = decode_video_frames(extension, data, None, max_decoded_bytes)
+    frames, _, _ = decode_video_frames(extension, data, None, max_decoded_bytes)
     return frames
 
 
-def decode_video_frames(extension: str, data: bytes, keep: Sequence[int] | None,
-                        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
-    """(the frames at positions `keep` (sorted, distinct; None = every frame) as uint8 len(keep) x H x W x 3, the
-    number of frames the member holds). Only the kept frames are converted and allocated (npy: copied out of the
-    member; H.264: every frame is decoded, as P-frames need their predecessors, but only the kept ones are converted
-    to RGB). Positions at or past the end are left out: the caller compares the count with what it expected.
+def decode_video_frames(extension: str, data, keep: Sequence[int] | None,
+                        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int, list[int] | None]:
+    """(frames, the number of frames the member holds, which frames `frames` holds: None = every one, in order).
+
+    Without `keep`: every frame, in a new array. With `keep` (the frames needed, sorted, distinct): only those are
+    decoded (H.264: every frame is decoded, as P-frames need their predecessors, but only the kept ones are
+    converted to RGB); an npy member in a writable buffer is not copied at all (a view of every frame: the
+    caller picks its frames when it copies them into a batch), one in an immutable buffer has the kept frames
+    copied out. Positions at or past the end are left out: the caller compares the count with what it expected.
     Errors as `decode_video`; the decode-size bound applies to the whole video, kept or not."""
     if extension == VIDEO_EXTENSIONS["npy"] or extension == "npy":
-        frames, total = load_npy_frames_selected(data, keep, max_decoded_bytes)
+        frames, total, rows = load_npy_frames_selected(data, keep, max_decoded_bytes)
         where = "frames.npy member"
     elif extension == "mp4":
         frames, total = decode_mp4_bytes_selected(data, keep, max_decoded_bytes)
+        rows = None if keep is None else [position for position in keep if position < total]
         if total == 0:
             raise ValueError("mp4 member holds no decodable frame")
         where = "mp4 member"
@@ -229,7 +262,7 @@ def decode_video_frames(extension: str, data: bytes, keep: Sequence[int] | None,
         raise ValueError(f"unknown video member extension {extension!r}")
     if keep is None or total == 0 or len(frames):  # (kept frames all past the end: the caller's count check says so)
         check_frames(frames, where)
-    return frames, total
+    return frames, total, rows
 
 
 def load_npy_frames(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
@@ -238,16 +271,18 @@ def load_npy_frames(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BY
     np.load allocates the shape its header claims before reading the data, so a 100-byte member claiming
     10^5 frames of 1080p would allocate ~600 GiB. Here the shape, dtype and data length are checked first.
     """
-    frames, _ = load_npy_frames_selected(data, None, max_decoded_bytes)
+    frames, _, _ = load_npy_frames_selected(data, None, max_decoded_bytes)
     return frames
 
 
-def load_npy_frames_selected(data: bytes, keep: Sequence[int] | None,
-                             max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
-    """(the frames at positions `keep`, copied out of the member (writable, C-ordered); the header's frame count)."""
+def load_npy_frames_selected(data, keep: Sequence[int] | None, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+                             ) -> tuple[np.ndarray, int, list[int] | None]:
+    """(frames, the header's frame count, which frames they are: None = every one). Without `keep`, a writable
+    C-ordered copy of every frame; with it, a view of the member's bytes when they are writable (nothing copied),
+    else a copy of the kept frames."""
     from numpy.lib import format as npy
 
-    buffer = io.BytesIO(data)
+    buffer = MemoryFile(data)
     version = npy.read_magic(buffer)
     readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
     if version not in readers:
@@ -257,14 +292,16 @@ def load_npy_frames_selected(data: bytes, keep: Sequence[int] | None,
         raise ValueError(f"expected uint8 frames of shape T x H x W x 3, the header says {dtype} {shape}")
     check_decoded_size(shape[0], shape[1], shape[2], max_decoded_bytes, "frames.npy member", " (npy header)")
     start, count = buffer.tell(), math.prod(shape)
-    if len(data) - start != count:
-        raise ValueError(f"the header says {count} bytes of frames, the member holds {len(data) - start}")
-    frames = np.frombuffer(data, dtype=np.uint8, count=count, offset=start)
+    if len(buffer.view) - start != count:
+        raise ValueError(f"the header says {count} bytes of frames, the member holds {len(buffer.view) - start}")
+    frames = np.frombuffer(buffer.view, dtype=np.uint8, count=count, offset=start)
     frames = frames.reshape(shape, order="F" if fortran_order else "C")
     if keep is None:
-        return frames.copy(), shape[0]  # writable, C-ordered
-    positions = np.asarray([position for position in keep if position < shape[0]], dtype=np.int64)
-    return np.ascontiguousarray(frames[positions]), shape[0]  # copies the kept frames only
+        return frames.copy(), shape[0], None  # writable, C-ordered
+    if frames.flags.writeable and frames.flags.c_contiguous:
+        return frames, shape[0], None
+    rows = [position for position in keep if position < shape[0]]
+    return np.ascontiguousarray(frames[np.asarray(rows, dtype=np.int64)]), shape[0], rows  # the kept frames only
 
 
 def decode_rgb_frames(container, stream, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,

@@ -15,7 +15,6 @@ compute) and whenever a read finds it so: it is the data directory that is broke
 """
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
@@ -23,6 +22,7 @@ import tarfile
 from functools import partial
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -37,6 +37,8 @@ from sharded_data.bad_samples import (
 from sharded_data.decode import decode_raw_sample
 from sharded_data.format import (
     DEFAULT_MAX_DECODED_BYTES,
+    VIDEO_EXTENSIONS,
+    MemoryFile,
     ShardFilesError,
     ShardIndex,
     load_index,
@@ -102,24 +104,32 @@ class IndexedShardReader:
         key = sample_key(self.split, sample_id)
         offset, size = self.index.offset[sample_id], self.index.size[sample_id]
         fd = self._fd(self.index.shard[sample_id])
+        # Into a writable buffer, whose members are handed on as views (the video member is the bulk of the bytes):
+        # an npy video is then never copied between this read and the batch (format.load_npy_frames_selected).
+        data = np.empty(size, dtype=np.uint8)  # not zero-filled first, as a bytearray would be: pread fills it
         try:
-            data = os.pread(fd, size, offset)
+            got = os.preadv(fd, [data], offset)
         except OSError as error:
             raise SampleError(TAR_READ_ERROR, f"cannot read {size} bytes at {offset}: {error}") from None
-        if len(data) != size:
-            raise ShardFilesError(f"{self.where(sample_id)}: ends after {len(data)} of the {size} bytes at offset "
+        if got != size:
+            raise ShardFilesError(f"{self.where(sample_id)}: ends after {got} of the {size} bytes at offset "
                                   f"{offset} that the index gives sample {key}; the shard was truncated after the "
                                   f"reader checked it")
         raw = {"__key__": key, "__url__": self.where(sample_id)}
+        view = memoryview(data)
         try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as members:
+            with tarfile.open(fileobj=MemoryFile(view), mode="r:") as members:
                 for member in members:
                     match = _MEMBER_NAME.match(member.name)
                     if not member.isreg() or match is None:
                         continue
                     if match.group(1) != key:
                         raise SampleError(TAR_READ_ERROR, f"index points at member {member.name!r}, not {key}")
-                    raw[match.group(2).lower()] = members.extractfile(member).read()
+                    if member.offset_data + member.size > size:
+                        raise tarfile.ReadError(f"member {member.name!r} claims {member.size} bytes past the sample's end")
+                    content = view[member.offset_data : member.offset_data + member.size]
+                    extension = match.group(2).lower()
+                    raw[extension] = content if extension in VIDEO_EXTENSIONS.values() else bytes(content)
         except tarfile.TarError as error:
             raise SampleError(TAR_READ_ERROR, f"tar members unreadable at offset {offset}: {error}") from None
         return raw

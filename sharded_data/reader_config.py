@@ -30,8 +30,8 @@ class ReaderConfig:
     """Eval: side of the center crop as a fraction of the frame's sides (1.0 = the whole frame)."""
     output: str = "normalized"
     """"normalized" (float32, ImageNet mean/std: the contract), "uint8" (rendered pixels, normalize on the device:
-    `transforms.normalize_frames`) or "stored" (the decoded frames at their stored size, cut to each clip's crop,
-    with each clip's frame indices and crop box: crop + resize + normalize on the device with
+    `transforms.normalize_frames`) or "stored" (the frames each clip shows at their stored size, cut to its crop,
+    packed, with each clip's frame indices: resize + normalize on the device with
     `transforms.render_stored_batch`, which takes the loader's main CPU cost off the CPU). The same pixels
     whichever: the worker renders "uint8"/"normalized" batches with the same functions."""
     num_workers: int = 2

@@ -46,11 +46,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The keys of a stored batch (output="stored") that replace "frames": what `render_stored_batch` needs.
-STORED_FRAMES = "stored_frames"  # uint8 [B, U, H, W, 3]: each clip's decoded frames, zero-padded
-FRAME_INDEX = "frame_index"  # int64 [B, T]: frame t of clip b is stored_frames[b, frame_index[b, t]] (0 in padding)
-CROP_BOXES = "crop_boxes"  # int64 [B, 4]: (top, left, height, width) of each clip's crop in stored_frames[b]
+STORED_FRAMES = "stored_frames"  # uint8 [N]: each clip's frames, cut to its crop, one clip after the other
+STORED_SHAPES = "stored_shapes"  # int64 [B, 3]: (frames, height, width) of clip b's part of stored_frames
+FRAME_INDEX = "frame_index"  # int64 [B, T]: frame t of clip b is its stored frame frame_index[b, t] (0 in padding)
 FRAME_SIZE = "frame_size"  # int: the side of the rendered frames
-STORED_KEYS = (STORED_FRAMES, FRAME_INDEX, CROP_BOXES, FRAME_SIZE)
+STORED_KEYS = (STORED_FRAMES, STORED_SHAPES, FRAME_INDEX, FRAME_SIZE)
 FRAME_MASK = "frame_mask"  # bool [B, T], in every batch: True on the clip's frames, False on time padding
 
 
@@ -71,11 +71,21 @@ class Clip:
         """The model's frames [T, 3, S, S]: uint8 (or written into `out`, uint8 or float32 pixel values)."""
         if out is None:
             out = torch.empty((self.num_frames, 3, self.frame_size, self.frame_size), dtype=torch.uint8)
-        pixels = clip_pixels(self.frames, self.crop_box, self.frame_size)
+        rows, frame_index = self.frames_used()
+        if rows is not None and self.crop_box[2:] == (self.frame_size, self.frame_size):
+            rows, frame_index = None, self.frame_index  # no resize: gather straight from the stored frames
+        pixels = clip_pixels(self.frames, self.crop_box, self.frame_size, rows)
         if out.dtype == torch.uint8:
             pixels = pixels.to(torch.uint8)  # before the gather: once per distinct frame, not per shown frame
-        gather_frames(pixels, self.frame_index, out, in_order(self.frame_index, pixels.shape[0]))
+        gather_frames(pixels, frame_index, out, in_order(frame_index, pixels.shape[0]))
         return out
+
+    def frames_used(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the rows of `frames` the clip shows, None if it shows every one; its frame indices among those rows)."""
+        rows, positions = torch.unique(self.frame_index, sorted=True, return_inverse=True)
+        if rows.numel() == self.frames.shape[0]:
+            return None, self.frame_index  # every row shown (rows == 0..U-1)
+        return rows, positions
 
 
 @dataclass
@@ -169,8 +179,10 @@ class VideoTransform:
 # ------------------------------------------------------------------------------- the pixels (CPU or device)
 
 
-def clip_pixels(frames: torch.Tensor, crop_box: tuple[int, int, int, int], frame_size: int) -> torch.Tensor:
-    """Crop, HWC -> CHW and resize of every frame of uint8 [U, H, W, 3], on the frames' device: [U, 3, S, S].
+def clip_pixels(frames: torch.Tensor, crop_box: tuple[int, int, int, int], frame_size: int,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop, HWC -> CHW and resize of every frame of uint8 [U, H, W, 3] (or of those at `rows`: only the crop of
+    those is copied), on the frames' device: [U, 3, S, S].
 
     Bilinear, antialiased when shrinking either side (PIL-like: a plain bilinear resize of 512 px frames to 224
     aliases). A uint8 view when the crop is already S x S (nothing is copied). On a CPU, torch's uint8 kernel
@@ -178,7 +190,8 @@ def clip_pixels(frames: torch.Tensor, crop_box: tuple[int, int, int, int], frame
     ~15-19% of the pixels); elsewhere `resize_in_float` (GPUs have no uint8 kernel).
     """
     top, left, height, width = (int(value) for value in crop_box)
-    pixels = frames[:, top : top + height, left : left + width].permute(0, 3, 1, 2)
+    cropped = frames[:, top : top + height, left : left + width]
+    pixels = (cropped if rows is None else cropped.index_select(0, rows)).permute(0, 3, 1, 2)
     if (height, width) == (frame_size, frame_size):
         return pixels
     shrinking = height > frame_size or width > frame_size
@@ -211,11 +224,11 @@ def gather_frames(pixels: torch.Tensor, frame_index: torch.Tensor, out: torch.Te
 
 
 def render_stored_batch(batch: dict, device: torch.device | str, normalize: bool = True) -> torch.Tensor:
-    """A stored batch's frames [B, T, 3, S, S] on `device`: crop, resize and gather per clip, then (by default)
+    """A stored batch's frames [B, T, 3, S, S] on `device`: resize and gather per clip, then (by default)
     ImageNet-normalize, float32. Time padding holds 0 before normalizing (-mean/std after), as `normalize_frames`
     gives it; frame_mask marks it either way.
 
-    The bookkeeping (lengths, crop boxes) is read from the batch's CPU tensors, so nothing waits for the device;
+    The bookkeeping (lengths, shapes) is read from the batch's CPU tensors, so nothing waits for the device;
     the pixels are copied to the device once, as uint8 at their stored size. One small loop over the clips (each
     has its own crop size): a handful of kernel launches per clip.
     """
@@ -224,15 +237,17 @@ def render_stored_batch(batch: dict, device: torch.device | str, normalize: bool
     stored = batch[STORED_FRAMES].to(device, non_blocking=True)
     index_on_device = frame_index.to(device, non_blocking=True)
     lengths = frame_mask.sum(dim=1).tolist()
-    used = (frame_index.amax(dim=1) + 1).tolist() if frame_index.shape[1] else [0] * len(lengths)
     frames = torch.zeros((*frame_mask.shape, 3, size, size), dtype=torch.float32, device=stored.device)
-    for row, (length, box) in enumerate(zip(lengths, batch[CROP_BOXES].tolist())):
+    offset = 0
+    for row, (count, height, width) in enumerate(batch[STORED_SHAPES].tolist()):
+        clip = stored[offset : offset + count * height * width * 3].view(count, height, width, 3)
+        offset += clip.numel()
+        length = lengths[row]
         if length:
-            pixels = clip_pixels(stored[row, : used[row]], box, size)
+            pixels = clip_pixels(clip, (0, 0, height, width), size)
             gather_frames(pixels, index_on_device[row, :length], frames[row, :length],
-                          in_order(frame_index[row, :length], used[row]))
+                          in_order(frame_index[row, :length], count))
     return _normalize_float_pixels(frames) if normalize else frames
-
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -295,32 +310,34 @@ def collate_rendered(videos: list[Clip | torch.Tensor], normalize: bool) -> dict
 
 
 def collate_stored(clips: list[Clip]) -> dict:
-    """The clips' frames as decoded (uint8, HWC), cut to their crop boxes, zero-padded to the batch's largest in
-    frames, height and width, with each clip's frame indices and crop box (now at the origin): what
-    `render_stored_batch` turns into the model's frames on the device. The only copy of the pixels on the way
-    is the one into the batch buffer, and the crop cut makes it smaller, not larger."""
-    lengths = [clip.num_frames for clip in clips]
-    used = [clip.frames.shape[0] for clip in clips]
-    boxes = [clip.crop_box for clip in clips]
-    shape = (len(clips), max(used), max(box[2] for box in boxes), max(box[3] for box in boxes), 3)
-    stored = _batch_buffer(shape, torch.uint8)
-    frame_index = torch.zeros((len(clips), max(lengths)), dtype=torch.int64)
-    frame_mask = torch.zeros((len(clips), max(lengths)), dtype=torch.bool)
-    for row, (clip, (top, left, height, width)) in enumerate(zip(clips, boxes)):
-        count = used[row]
-        stored[row, :count, :height, :width] = clip.frames[:, top : top + height, left : left + width]
-        # Zero the padding: never read, but a batch's bytes should not depend on what the buffer held before.
-        stored[row, count:] = 0
-        stored[row, :count, height:] = 0
-        stored[row, :count, :height, width:] = 0
-        frame_index[row, : lengths[row]] = clip.frame_index
-        frame_mask[row, : lengths[row]] = True
+    """The frames each clip shows, as decoded (uint8, HWC), cut to its crop box, packed one clip after the other
+    (no padding: crops differ in size), with each clip's (frames, height, width) and frame indices among its
+    packed frames: what `render_stored_batch` turns into the model's frames on the device. The only copy of the
+    pixels on the way is this one into the batch buffer, and the crop cut makes it smaller, not larger."""
     sizes = {clip.frame_size for clip in clips}
     if len(sizes) != 1:
         raise ValueError(f"a batch's clips must share one frame size, got {sorted(sizes)}")
-    crop_boxes = torch.tensor([(0, 0, height, width) for _, _, height, width in boxes], dtype=torch.int64)
-    return {STORED_FRAMES: stored, FRAME_INDEX: frame_index, CROP_BOXES: crop_boxes, FRAME_SIZE: sizes.pop(),
-            "frame_mask": frame_mask}
+    lengths = [clip.num_frames for clip in clips]
+    used = [clip.frames_used() for clip in clips]
+    shapes = [(clip.frames.shape[0] if rows is None else rows.numel(), clip.crop_box[2], clip.crop_box[3])
+              for clip, (rows, _) in zip(clips, used)]
+    stored = _batch_buffer((sum(count * height * width * 3 for count, height, width in shapes),), torch.uint8)
+    frame_index = torch.zeros((len(clips), max(lengths)), dtype=torch.int64)
+    frame_mask = torch.zeros((len(clips), max(lengths)), dtype=torch.bool)
+    offset = 0
+    for row, (clip, (rows, index), (count, height, width)) in enumerate(zip(clips, used, shapes)):
+        part = stored[offset : offset + count * height * width * 3].view(count, height, width, 3)
+        offset += part.numel()
+        top, left = clip.crop_box[:2]
+        cropped = clip.frames[:, top : top + height, left : left + width]
+        if rows is None:
+            part.copy_(cropped)
+        else:  # straight from the stored frames into the batch (no intermediate copy)
+            torch.index_select(cropped, 0, rows, out=part)
+        frame_index[row, : lengths[row]] = index
+        frame_mask[row, : lengths[row]] = True
+    return {STORED_FRAMES: stored, STORED_SHAPES: torch.tensor(shapes, dtype=torch.int64), FRAME_INDEX: frame_index,
+            FRAME_SIZE: sizes.pop(), FRAME_MASK: frame_mask}
 
 
 def _batch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -30,6 +30,7 @@ from sharded_data.reader import IndexedShardReader, ReaderConfig, make_eval_load
 from sharded_data.stream import DecodeAndTransform
 from sharded_data.transforms import (
     STORED_FRAMES,
+    STORED_SHAPES,
     VideoSample,
     VideoTransform,
     collate_videos,
@@ -74,8 +75,8 @@ def test_rendering_is_within_one_level_of_the_cpu_augmentation_it_replaced(train
     with the reference within the module's tolerance (the float one exactly).
 
     Broken variants tried: no rounding in `resize_in_float` (differs by < 1 level: caught), the CPU kernel without
-    antialias (shrinking clips differ by more than a level: caught), the device function ignoring the crop boxes
-    (caught)."""
+    antialias (shrinking clips differ by more than a level: caught), `render_stored_batch` reading every clip at
+    the start of the packed buffer (caught)."""
     (height, width), size = geometry
     transform = VideoTransform(size, max_frames=12, train=train, speed_range=(0.6, 1.5), frame_drop=0.2,
                                crop_scale=(0.5, 1.0), eval_crop=0.8)
@@ -131,7 +132,7 @@ def test_every_loader_hands_the_device_what_the_cpu_augmentation_gave(corpus):
     indexed readers, one per worker in stream order for the stream): the same plan, pixels within a level.
 
     Broken variants tried: the stream drawing one number before the frame indices (caught by the reference),
-    `collate_stored` cutting the crop but keeping the crop box's offset (caught by stored vs normalised)."""
+    `collate_stored` copying a subset's frames in reverse order (caught by stored vs normalised)."""
     plan = [[5, 1, 11], [2, 7, 0], [9, 3, 4]]
     epoch = 2
     loaders = {
@@ -167,19 +168,20 @@ def collate_videos_pixels(stored_batch: dict) -> torch.Tensor:
     return render_stored_batch(stored_batch, "cpu", normalize=False)
 
 
-def test_a_stored_batch_is_smaller_than_its_video_and_cut_to_the_crop(corpus):
-    """Only the frames a clip shows and only its crop cross to the device (the stored frames of a row are no
-    larger than its crop box and its distinct frame indices); boxes are at the origin once cut.
+def test_a_stored_batch_holds_only_what_the_clips_show(corpus):
+    """Only the frames a clip shows and only its crop cross to the device: each clip's part of the packed buffer
+    is (distinct frames shown) x (its crop), nothing else (no padding).
 
-    Broken variant tried: the indexed reader decoding every frame and drawing the plan afterwards (caught)."""
+    Broken variant tried: `collate_stored` copying every frame a clip holds (an npy clip is a view of the whole
+    video) rather than those it shows (caught)."""
     batch = next(iter(make_indexed_loader(corpus, "train", [[0, 1, 2]], 3, config("stored"), train=True)))
-    for row in range(3):
-        height, width = batch["crop_boxes"][row, 2:].tolist()
+    total = 0
+    for row, (count, height, width) in enumerate(batch[STORED_SHAPES].tolist()):
         length = int(batch["frame_mask"][row].sum())
-        distinct = batch["frame_index"][row, :length].unique().numel()
-        assert batch["crop_boxes"][row, :2].tolist() == [0, 0] and height <= 16 and width <= 16
-        assert int(batch["frame_index"][row, :length].max()) + 1 == distinct  # no frame decoded that is not shown
-    assert batch[STORED_FRAMES].dtype == torch.uint8 and batch[STORED_FRAMES].shape[-1] == 3
+        assert count == batch["frame_index"][row, :length].unique().numel()  # no frame stored that is not shown
+        assert int(batch["frame_index"][row, :length].max()) + 1 == count and height <= 16 and width <= 16
+        total += count * height * width * 3
+    assert batch[STORED_FRAMES].dtype == torch.uint8 and batch[STORED_FRAMES].shape == (total,)
 
 
 @pytest.mark.parametrize("video_format", ["npy", "mp4"])
@@ -244,7 +246,7 @@ def test_the_same_seed_gives_the_same_stored_batches_in_another_process(tmp_path
         "num_workers=2, seed=5)\n"
         "digest = hashlib.sha256()\n"
         "for batch in make_indexed_loader(sys.argv[1], 'train', [[0, 1, 2], [3, 4, 5]], 3, cfg, train=True, epoch=1):\n"
-        "    for key in ('stored_frames', 'frame_index', 'crop_boxes', 'frame_mask'):\n"
+        "    for key in ('stored_frames', 'stored_shapes', 'frame_index', 'frame_mask'):\n"
         "        digest.update(batch[key].numpy().tobytes())\n"
         "print(digest.hexdigest())\n"
     )
