@@ -215,8 +215,15 @@ LOADER_VARIANTS = {
 def loader_cost(spec: dict) -> dict[str, float]:
     """Frames per CPU second of each (shards, mode, variant) in `spec`: one process, num_workers=0, one thread.
 
-    Runs with whichever sharded_data is first on sys.path (this checkout, or --baseline's)."""
+    Runs with whichever sharded_data is first on sys.path (this checkout, or --baseline's), set up as that
+    version's DataLoader workers are (the allocator setting of `loader.keep_freed_memory`, where it exists)."""
     torch.set_num_threads(1)
+    try:
+        from sharded_data.loader import keep_freed_memory
+    except ImportError:  # an earlier version: its workers ran with glibc's defaults
+        pass
+    else:
+        keep_freed_memory()
     results = {}
     for name, shards in spec["shards"].items():
         frame_size, max_frames = spec["frame_size"][name], spec["max_frames"][name]

@@ -288,3 +288,34 @@ def test_frame_folders_open_only_the_chosen_images(tmp_path):
     dataset = PngFrameDataset([PngVideo(str(folder), "a sentence", 0)], transform, data_dir=str(tmp_path))
     batch = next(iter(make_png_loader(dataset, 1, exact_config(max_frames=4), shuffle=False)))
     assert torch.equal(batch["frames"][0], expected) and batch["valid"].tolist() == [True]
+
+
+def test_loader_workers_keep_freed_memory_for_reuse():
+    """Loader workers start with `keep_freed_memory`: a freed video-sized buffer stays in the process for the next
+    one (resident memory does not drop), where glibc's default returns it to the kernel, which must then page-fault
+    and zero a fresh one for the next sample.
+
+    Broken variant tried: `keep_freed_memory` not setting M_MMAP_THRESHOLD (the buffer is returned: caught)."""
+    import subprocess
+    import sys
+
+    from sharded_data.loader import dataloader_kwargs, keep_freed_memory
+
+    assert dataloader_kwargs(exact_config(num_workers=2))["worker_init_fn"] is keep_freed_memory
+    script = (
+        "import os, sys, numpy as np\n"
+        "if sys.argv[1] == 'tuned':\n"
+        "    from sharded_data.loader import keep_freed_memory; keep_freed_memory()\n"
+        "def resident(): return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "before = resident()\n"
+        "buffer = np.empty(64 << 20, np.uint8); buffer.fill(1); del buffer\n"
+        "print((resident() - before) >> 20)\n"
+    )
+    if not Path("/proc/self/statm").exists():
+        pytest.skip("no /proc/self/statm to read resident memory from")
+    kept = {}
+    for mode in ("default", "tuned"):
+        done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True,
+                              env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        kept[mode] = int(done.stdout.strip())
+    assert kept["default"] < 16 and kept["tuned"] >= 60, f"MiB still resident after freeing 64 MiB: {kept}"
