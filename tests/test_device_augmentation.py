@@ -257,3 +257,50 @@ def test_the_same_seed_gives_the_same_stored_batches_in_another_process(tmp_path
                               check=True)
         digests.add(done.stdout.strip())
     assert len(digests) == 1
+
+
+def test_the_recipe_renders_stored_batches_wherever_it_reads_frames(corpus):
+    """What GPU runs read (stored batches) reaches the model as what CPU runs read (uint8 batches, rendered in the
+    worker): the training step's `video_inputs` and the evaluation's `translate_split` both render them.
+
+    Broken variant tried: `translate_split` moving batch["frames"] as before (a stored batch has none: KeyError)."""
+    from recipe.build import video_inputs
+    from recipe.evaluate import translate_split
+
+    engine = type("Engine", (), {"device": torch.device("cpu"), "bfloat16_enabled": lambda self: True,
+                                 "fp16_enabled": lambda self: False})()
+    plan = [[3, 8, 1]]
+    stored = next(iter(make_indexed_loader(corpus, "train", plan, 3, config("stored"), train=True)))
+    rendered = next(iter(make_indexed_loader(corpus, "train", plan, 3, config("uint8"), train=True)))
+    frames, mask = video_inputs(stored, engine)
+    assert frames.dtype == torch.bfloat16 and torch.equal(mask, rendered["frame_mask"])
+    assert torch.equal(frames, normalize_frames(rendered["frames"]).bfloat16())
+
+    class Spy:
+        training = False
+
+        def __init__(self):
+            self.seen = []
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def generate(self, frames, frame_mask, **kwargs):
+            self.seen.append(frames)
+            return torch.zeros((frames.shape[0], 1), dtype=torch.long)
+
+    class Tokenizer:
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return ["" for _ in ids]
+
+    seen = {}
+    for output in ("stored", "uint8"):
+        spy = Spy()
+        translate_split(spy, Tokenizer(), str(corpus), "train", 4, config(output))
+        seen[output] = spy.seen
+    assert len(seen["stored"]) == len(seen["uint8"]) == 3
+    for mine, theirs in zip(seen["stored"], seen["uint8"]):
+        assert torch.equal(mine, theirs)
