@@ -8,8 +8,9 @@ in a real sign language corpus:
 2. its **gloss sequence**, what the signer signs: sign order of the sign language (time, place, topic,
    comment; modifiers after the noun), one sign per concept whatever word the translation uses, no
    articles or copulas, and optional signs (`?IX`, a pointing sign; `?ALSO`) that a signer may drop;
-3. its **translation**, what the spoken-language text says: one of several spoken templates of the frame
-   (a free translation, not a word-by-word one), each concept realised by one of its synonyms.
+3. its **translation**, what the spoken-language text says: the frame's usual spoken template or one of
+   its paraphrases (a free translation, not a word-by-word one), each concept realised by one of its
+   synonyms.
 
 So the video (rendered from the glosses) decides the meaning, but not which template or synonyms the
 translator chose: exactly the part of a real translation that a model cannot read off the signing.
@@ -252,12 +253,15 @@ class Meaning:
                 out.append(token)
         return tuple(out)
 
-    def translate(self, rng: np.random.Generator, paraphrases: int = 1, synonym_rate: float = 0.0) -> str:
-        """A spoken translation: one of the first `paraphrases` templates (weights 1, 1/2, 1/3, ...: the usual
-        phrasing most often), each concept as its usual word, or with probability `synonym_rate` a synonym."""
+    def translate(self, rng: np.random.Generator, paraphrases: int = 1, synonym_rate: float = 0.0,
+                  paraphrase_rate: float = 0.4) -> str:
+        """A spoken translation: the usual template, or with probability `paraphrase_rate` one of the next
+        `paraphrases` - 1 (uniformly); each concept as its usual word, or with probability `synonym_rate` a
+        synonym."""
         usable = self.frame.texts[: max(1, paraphrases)]
-        weights = 1.0 / np.arange(1, len(usable) + 1)
-        template = usable[int(rng.choice(len(usable), p=weights / weights.sum()))] if len(usable) > 1 else usable[0]
+        template = usable[0]
+        if len(usable) > 1 and rng.random() < paraphrase_rate:
+            template = usable[1 + int(rng.integers(len(usable) - 1))]
         by_role = dict(self.fillers)
 
         def word(match: re.Match) -> str:

@@ -72,9 +72,11 @@ class SynthConfig:
     vocab_size: int = 60
     min_signs: int = 3
     max_signs: int = 7
-    # Free translation: spoken templates used per frame (1 = always the usual phrasing; k > 1: the k first,
-    # weights 1, 1/2, ... 1/k) and the chance that a concept is translated by a synonym, not its usual word.
+    # Free translation: spoken templates per frame (1 = always the usual phrasing), the chance that a
+    # translation is not in the usual one (then one of the others), and the chance that a concept is
+    # translated by a synonym instead of its usual word.
     paraphrases: int = 1
+    paraphrase_rate: float = 0.4
     synonym_rate: float = 0.0
     # Signing: the chance that a signer leaves out an optional sign (a pointing sign IX, ALSO).
     drop_rate: float = 0.0
@@ -104,7 +106,7 @@ class SynthConfig:
 
     def validate(self) -> None:
         low, high = self.signers_per_sentence
-        rates = ("synonym_rate", "drop_rate", "retranslate_rate", "variant_rate")
+        rates = ("paraphrase_rate", "synonym_rate", "drop_rate", "retranslate_rate", "variant_rate")
         checks = [
             (len(self.frame_size) == 2 and min(self.frame_size) >= 16, f"frame_size {self.frame_size}: need H, W >= 16"),
             (self.fps > 0, f"fps must be positive, got {self.fps}"),
@@ -257,7 +259,8 @@ class MeaningDrawer:
         self.text_owner: dict[str, int] = {}  # normalized text -> meaning id
 
     def translate(self, meaning: Meaning) -> str:
-        return meaning.translate(self.text_rng, self.config.paraphrases, self.config.synonym_rate)
+        return meaning.translate(self.text_rng, self.config.paraphrases, self.config.synonym_rate,
+                                 self.config.paraphrase_rate)
 
     def claim(self, text: str, meaning_id: int) -> bool:
         """Reserve a text for a meaning; False if another meaning already says it."""
@@ -574,7 +577,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                              "grammar; each word is one sign")
     parser.add_argument("--vocab-size", type=int, help="signs of the built-in grammar")
     parser.add_argument("--sentence-signs", type=int, nargs=2, metavar=("MIN", "MAX"), help="signs per sentence")
-    parser.add_argument("--paraphrases", type=int, help="spoken templates per meaning frame (1 = literal phrasing)")
+    parser.add_argument("--paraphrases", type=int, help="spoken templates per meaning frame (1 = the usual phrasing only)")
+    parser.add_argument("--paraphrase-rate", type=float, help="chance that a translation is not in the usual template")
     parser.add_argument("--synonym-rate", type=float, help="chance that a concept is translated by a synonym")
     parser.add_argument("--drop-rate", type=float, help="chance that a signer drops an optional sign")
     parser.add_argument("--retranslate-rate", type=float,
@@ -608,6 +612,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         test=args.test, frame_size=args.frame_size, fps=args.fps, frames_per_sign=args.frames_per_sign,
         num_signers=args.num_signers, signers_per_sentence=args.signers_per_sentence,
         repeat_sentences=args.repeat_sentences, signer_variation=args.signer_variation, paraphrases=args.paraphrases,
+        paraphrase_rate=args.paraphrase_rate,
         synonym_rate=args.synonym_rate, drop_rate=args.drop_rate, retranslate_rate=args.retranslate_rate,
         variant_rate=args.variant_rate, lead_signer_share=args.lead_signer_share,
     )

@@ -173,18 +173,20 @@ def test_glosses_are_signed_order_without_articles_and_optional_signs_drop():
 
 
 def test_paraphrases_and_synonyms_make_free_translations():
-    """Knobs paraphrases and synonym_rate: 1 and 0 give one literal text per meaning; 3 templates are used
-    with decreasing frequency; synonyms replace usual words at the asked rate. Broken variant tried:
-    uniform template weights -> the frequency order check failed."""
+    """Knobs paraphrases, paraphrase_rate and synonym_rate: 1 template and no synonyms give one literal text
+    per meaning; with 3 templates the usual one keeps 1 - paraphrase_rate of the translations and the other
+    two share the rest; synonyms replace usual words at the asked rate. Broken variant tried: the other
+    templates drawn with the usual one included (rate not honoured) -> the share check failed."""
     frame = FRAMES[0]  # region_quality: DAY, REGION, ADJ
     slots = Grammar().slots
     meaning = Meaning(frame, (("DAY", slots["DAY"][0]), ("REGION", slots["REGION"][0]), ("ADJ", slots["ADJ"][0])))
     rng = np.random.default_rng(1)
-    assert {meaning.translate(rng, 1, 0.0) for _ in range(100)} == {"tomorrow sunny in the north"}
-    texts = collections.Counter(meaning.translate(rng, 3, 0.0) for _ in range(3000))
-    counts = [texts[template.format(DAY="tomorrow", REGION="the north", ADJ="sunny")] for template in frame.texts]
-    assert sum(counts) == 3000
-    np.testing.assert_allclose(np.array(counts) / 3000, np.array([6, 3, 2]) / 11, atol=0.03)  # weights 1, 1/2, 1/3
+    assert {meaning.translate(rng, 1, 0.0, 0.9) for _ in range(100)} == {"tomorrow sunny in the north"}
+    for rate in (0.2, 0.6):
+        texts = collections.Counter(meaning.translate(rng, 3, 0.0, rate) for _ in range(3000))
+        counts = [texts[template.format(DAY="tomorrow", REGION="the north", ADJ="sunny")] for template in frame.texts]
+        assert sum(counts) == 3000
+        np.testing.assert_allclose(np.array(counts) / 3000, [1 - rate, rate / 2, rate / 2], atol=0.03)
     synonyms = [meaning.translate(rng, 1, 0.4) for _ in range(3000)]
     usual = np.mean(["sunny" in text for text in synonyms])
     assert 0.55 < usual < 0.65  # ADJ SUNNY = sunny|bright: the synonym in 40% of the texts
@@ -478,3 +480,4 @@ def test_cli_small_train_keeps_greeting_repeats_small():
                                          "3", "5", "--variant-rate", "0.2"]))
     assert (knobs.synonym_rate, knobs.min_signs, knobs.max_signs, knobs.variant_rate) == (0.0, 3, 5, 0.2)
     assert knobs.paraphrases == PRESETS["csl-like"].paraphrases
+    assert config_from_args(parse_args(["--out", "x", "--paraphrase-rate", "0.1"])).paraphrase_rate == 0.1
