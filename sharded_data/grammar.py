@@ -356,7 +356,7 @@ class Grammar:
         while True:
             grew = False
             # Enable the next frame when few are enabled for the vocabulary so far (or none at all).
-            if pending and (not frames or len(frames) < len(signs) / 8):
+            if pending and (not frames or len(frames) < len(signs) / 5):
                 new = cost(pending[0])
                 if len(signs) + len(new) <= num_signs:
                     enable(pending.pop(0))
