@@ -159,7 +159,6 @@ def test_scores_needing_a_trajectory_refuse_a_single_checkpoint():
 
 
 def test_token_scores_reduce_to_pooled_for_single_token_samples():
-    pytest.importorskip("recipe.similarity", reason="recipe.similarity (another engineer's piece) not present yet")
     base = _random_trajectory(5, k=2, e=8)
     traj = Trajectory(
         base.epochs, base.sample_ids, base.sentence_ids, base.video, base.text, base.paths,
