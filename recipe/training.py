@@ -21,7 +21,7 @@ import torch
 
 from recipe.checkpointing import CheckpointManager
 from recipe.config import TrainConfig, to_dict
-from recipe.dist import DistEnv
+from recipe.dist import DistEnv, broadcast_buffers
 from recipe.preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from recipe.run_dir import RunDir
 from recipe.run_logging import StepTimer, create_logger
@@ -108,11 +108,15 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
     if client_state:
         metrics_log.message(f"resumed at step {state.step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
 
+    # Every rank must hold the same BatchNorm statistics before the network runs in eval mode on several ranks or
+    # is saved: each rank's own running averages drift apart (see broadcast_buffers).
     def save() -> str:
+        broadcast_buffers(engine.module)
         checkpoints.pinned = set(task.pinned_tags()) if hasattr(task, "pinned_tags") else set()
         return checkpoints.save(engine, state.step, {"train_state": asdict(state), "config": to_dict(config)})
 
     def evaluate(final: bool) -> dict[str, Any]:
+        broadcast_buffers(engine.module)
         metrics = task.evaluate(engine, state.step, final=final)
         if metrics.pop("new_best", False):
             save()  # the dev-best weights must exist as a checkpoint, and are pinned against pruning
@@ -143,6 +147,7 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
                 if epoch_done:  # before any checkpoint of this step, so it records "next epoch, nothing done"
                     state.epoch += 1
                     state.batches_done_in_epoch = 0
+                    broadcast_buffers(engine.module)  # trajectory recording embeds on every rank
                     task.on_epoch_end(engine, state.epoch)
                 if config.eval_every and state.step % config.eval_every == 0 and state.step < total_steps:
                     metrics_log.log_eval(state.step, evaluate(final=False))

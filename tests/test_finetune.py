@@ -18,8 +18,8 @@ import pytest
 import sacrebleu
 import torch
 
-from tests.conftest import (copy_run, generate_and_decode, launch, losses, read_metrics, run_main, train_args,
-                            trained_model)
+from tests.conftest import (DS_CONFIGS, copy_run, generate_and_decode, launch, losses, read_metrics, run_main,
+                            train_args, trained_model)
 from tests.distributed import run_on_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,23 +132,41 @@ def _read_hypotheses(path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
+def zero3_partitioning_every_parameter(folder: Path) -> Path:
+    """ds_configs/zero3.json with stage3_param_persistence_threshold 0. DeepSpeed keeps a parameter of fewer
+    than 100k elements whole on every rank (the default threshold), and every parameter of the tiny network is
+    that small: with the shipped file no forward gathers anything, and ZeRO-3's lockstep requirement does not
+    exist. With 0, every parameter is sharded as a large model's are, and every forward is a collective."""
+    from recipe.ds_config import load_ds_config
+
+    config = load_ds_config(DS_CONFIGS / "zero3.json")
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    path = folder / "zero3-every-parameter-sharded.json"
+    path.write_text(json.dumps(config, indent=1))
+    return path
+
+
 @pytest.mark.slow
 def test_two_rank_zero3_finetuning_generates_in_lockstep(translating_run, shards, tmp_path):
-    """ZeRO-3 on two ranks: every forward gathers the sharded weights (a collective), and the two ranks'
-    batches end their translations after different numbers of steps, so generation must step in lockstep
-    (synced_gpus). The gathered report holds the whole split once, scored by sacreBLEU on the whole split,
-    and its hypotheses are decode(generate) of the saved weights on each rank's batches.
+    """ZeRO-3 on two ranks with every parameter sharded: every forward gathers the weights (a collective), and
+    the two ranks' batches end their translations after different numbers of steps, so generation must step
+    in lockstep (synced_gpus). The gathered report holds the whole split once, scored by sacreBLEU on the
+    whole split, and its hypotheses are decode(generate) of the saved weights on each rank's batches.
 
     Broken variant tried: `synced_gpus=False` in `FinetuningTask.translate`: the rank that finishes first
-    leaves generation while the other still gathers weights, and the run fails.
+    leaves generation while the other still gathers weights, and the run fails (a garbage allocation from
+    mismatched collectives). With the shipped zero3.json that variant passed: the tiny network's parameters
+    were never sharded; hence the config above. This test also found that rank 1 translated with its own
+    BatchNorm statistics, not the saved ones (fixed: `recipe.dist.broadcast_buffers` in the training loop).
     """
     from recipe.tokenizer import load_tokenizer
     from sharded_data.format import load_index
 
     run = tmp_path / "ft-zero3"
     micro_batch = 2  # evaluation batches of 2: several batches per rank, each ending at its own length
+    ds_config = str(zero3_partitioning_every_parameter(tmp_path))
     launch("finetune.py", train_args(shards, run, "--init", str(translating_run), "--max-steps", "4", "--save-every",
-                                     "4", *FINETUNE_LR, *EVAL_ARGS, ds_config="zero3.json", micro_batch=micro_batch),
+                                     "4", *FINETUNE_LR, *EVAL_ARGS, ds_config=ds_config, micro_batch=micro_batch),
            launcher="torchrun")
     assert json.loads((run / "checkpoints" / "step-000004" / "complete.json").read_text())["zero_stage"] == 3
     model, tokenizer = trained_model(run, "step-000004"), load_tokenizer(run / "tokenizer")
@@ -260,3 +278,26 @@ def test_distributed_scores_equal_sacrebleu_on_the_whole_set(reference_run, shar
     expected = sacrebleu.corpus_bleu(hypotheses, [list(index.text)], tokenize="13a").score
     assert single_scores["bleu4"] == pytest.approx(expected)
     assert 20.0 < expected < 100.0
+
+
+# --- BatchNorm statistics agree across ranks before evaluation ---------------------------------------------------
+
+def _batchnorm_after_training_on_own_batches(rank: int, world_size: int):
+    from recipe.dist import broadcast_buffers
+
+    norm = torch.nn.BatchNorm1d(3)
+    norm(torch.randn(8, 3, generator=torch.Generator().manual_seed(rank)) * (rank + 1))  # train mode: updates stats
+    own = [buffer.clone() for buffer in norm.buffers()]
+    broadcast_buffers(norm)
+    return own, [buffer.clone() for buffer in norm.buffers()]
+
+
+def test_ranks_share_rank0s_batchnorm_statistics_before_evaluating():
+    """What the ZeRO-3 test above found: each rank's BatchNorm running statistics follow its own batches, so
+    two ranks translated with two different networks and the checkpoint held rank 0's. `run_training` now
+    broadcasts rank 0's buffers before evaluating, recording trajectories and saving (DDP's behaviour).
+    Broken variant tried: `broadcast_buffers` as a no-op: rank 1 keeps its own statistics."""
+    (own0, after0), (own1, after1) = run_on_ranks(_batchnorm_after_training_on_own_batches, world_size=2)
+    assert not torch.equal(own0[0], own1[0])  # the ranks did drift apart
+    for rank0, rank1, before in zip(after0, after1, own0, strict=True):
+        assert torch.equal(rank0, before) and torch.equal(rank1, before)
