@@ -164,8 +164,8 @@ def test_translate_reads_a_manifest(exported_translator, shards, tmp_path):
     text as decode(generate) of the exported model on the evaluation loader's batches of the same clips
     (the folders hold the shard's frames, and translate applies the evaluation transform).
 
-    Broken variant tried: `Translator.__call__` without the model's eval mode (`.eval()` dropped in
-    `Translator.__init__`): dropout changes the translations."""
+    Broken variant tried: `Translator.__call__` decoding with `skip_special_tokens=False` ("<s>" in every
+    line): the old check (paths and line count) passed, this one fails."""
     from recipe import translate
     from sharded_data.format import load_index
     from sharded_data.reader import IndexedShardReader
@@ -194,7 +194,8 @@ def test_translate_reads_a_manifest(exported_translator, shards, tmp_path):
 
 
 def test_evaluate_command_scores_an_exported_model(exported_translator, shards, tmp_path):
-    """Broken variant tried: `translate_split` without `model.eval()`: the hypotheses differ from decode(generate)."""
+    """Broken variant tried: `translate_split` decoding with `skip_special_tokens=False`: the hypotheses (and
+    the BLEU computed from them) still agree with each other, but no longer with decode(generate)."""
     import sacrebleu
 
     from recipe import evaluate
