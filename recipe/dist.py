@@ -374,6 +374,20 @@ def broadcast_object(value, src: int = 0):
     return holder[0]
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank the buffers of rank `src` (BatchNorm running statistics), as DDP does before each forward.
+
+    DeepSpeed broadcasts buffers once, at `initialize`; after that each rank's BatchNorm layers average their
+    own batches and the ranks drift apart. Training itself does not see it (train mode normalises with the
+    batch's statistics), but anything that runs the network in eval mode on several ranks (evaluation,
+    trajectory recording) would use different networks on different samples, and the checkpoint would hold
+    rank 0's. Call on every rank before those (a collective; a no-op in one process).
+    """
+    if get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
+
+
 def shutdown_distributed(env: DistEnv) -> None:
     """Leave the job in step: every rank reaches the barrier before any tears its connections down.
 
