@@ -18,10 +18,19 @@ Run (CPU; about 95 s of CPU time, 1.5 min on an idle 2-core machine):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py
 Options: --sizes 64 224 --videos 24 --frames 48 --workers 2 --rounds 3 --batch-size 4 --work-dir DIR.
 Prints a markdown table (paste into benchmarks/results/data.md).
+
+`--gpu-feed` answers another question: how many CPU cores keep one GPU fed. It measures what one core
+delivers (CPU seconds of the whole loader in one process: read, decode, transform, collate; uint8 out) for
+npy and mp4 shards at 224 px, in evaluation mode and with the training augmentation, and the decode cost and
+fidelity of x264 settings; it counts the training FLOPs per frame of `base` and `large`
+(benchmarks/model_flops.py) and divides the frames/s one GPU consumes at a given MFU of its bf16 peak by the
+frames/s per core:
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --gpu-feed --frames 117
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -38,6 +47,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.model_flops import PHOENIX_MEAN_FRAMES  # noqa: E402
 from sharded_data.format import read_video_file  # noqa: E402
 from sharded_data.png_loader import PngFrameDataset, PngVideo, make_png_loader  # noqa: E402
 from sharded_data.reader import ReaderConfig, make_eval_loader, make_train_loader  # noqa: E402
@@ -58,16 +68,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="timed epochs per loader (median reported)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--work-dir", default=None, help="where PNGs and shards go (default: a temporary folder)")
+    parser.add_argument("--media", type=Path, default=MEDIA, help="folder with the real sign videos (shared/data/media)")
+    parser.add_argument("--gpu-feed", action="store_true", help="cores per GPU instead (see the module docstring)")
+    parser.add_argument("--gpu-peak-tflops", type=float, default=790.0,
+                        help="the GPU's dense bf16 matmul peak (H200: ~790 measured, ENVIRONMENT.md)")
+    parser.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation the GPU is assumed to reach")
     return parser.parse_args(argv)
 
 
 # --------------------------------------------------------------------------------------------- content
 
 
-def base_clips() -> tuple[list[np.ndarray], str]:
+def base_clips(media: Path = MEDIA) -> tuple[list[np.ndarray], str]:
     """Frames of real sign videos if shared/data is here, else synthetic signers."""
-    if all((MEDIA / clip).is_file() for clip in CLIPS):
-        return [read_video_file(MEDIA / clip) for clip in CLIPS], f"real sign videos ({', '.join(CLIPS)})"
+    if all((media / clip).is_file() for clip in CLIPS):
+        return [read_video_file(media / clip) for clip in CLIPS], f"real sign videos ({', '.join(CLIPS)})"
     from sharded_data.signs import make_signer, render_sentence
 
     words = "the weather is fine today".split()
@@ -130,11 +145,120 @@ def timed_epoch(make_loader) -> tuple[float, int, float]:
     return time.perf_counter() - first_batch_at, frames, first_batch_at - start
 
 
+# ------------------------------------------------------------------------------------- feeding a GPU
+
+X264_VARIANTS = {  # decode cost and fidelity of the writer's settings and the alternatives tried
+    "veryfast crf 18 (before 2026-11-30)": {"crf": "18", "preset": "veryfast", "bf": "0"},
+    "veryfast crf 18 cabac=0 (the writer's)": {"crf": "18", "preset": "veryfast", "bf": "0", "x264-params": "cabac=0"},
+    "veryfast crf 18 tune=fastdecode (also no deblocking)": {"crf": "18", "preset": "veryfast", "bf": "0",
+                                                             "tune": "fastdecode"},
+    "ultrafast crf 18": {"crf": "18", "preset": "ultrafast", "bf": "0"},
+    "veryfast crf 23 tune=fastdecode (lossier)": {"crf": "23", "preset": "veryfast", "bf": "0", "tune": "fastdecode"},
+}
+
+
+def encode_with(frames: np.ndarray, options: dict[str, str]) -> bytes:
+    import io
+    from fractions import Fraction
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt, stream.options = frames.shape[2], frames.shape[1], "yuv420p", options
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def cpu_seconds(run) -> float:
+    start = time.process_time()
+    run()
+    return time.process_time() - start
+
+
+def loader_frames_per_core(make_loader, rounds: int) -> float:
+    """Frames per CPU second of a loader running in this process (num_workers=0, one thread): the median of rounds."""
+    def epoch() -> int:
+        return sum(int(batch["frame_mask"].sum()) for batch in make_loader())
+
+    frames = epoch()  # warm: page cache, lazy imports
+    return statistics.median(frames / cpu_seconds(epoch) for _ in range(rounds))
+
+
+def gpu_feed(args: argparse.Namespace, work: Path) -> None:
+    from benchmarks.model_flops import flops_per_frame
+    from sharded_data.format import decode_mp4_bytes
+
+    side = 224
+    clips, content = base_clips(args.media)
+    videos = [make_video(clips, number, args.frames, side) for number in range(args.videos)]
+    print(f"content: {content}, {args.videos} videos x {args.frames} frames at {side} px\n")
+
+    print("## Decode cost of x264 settings (decode_mp4_bytes: H.264 + conversion to RGB; one core)\n")
+    print("| x264 settings | frames per CPU second | KiB per video | mean abs error (0-255) |")
+    print("|---|---|---|---|")
+    for name, options in X264_VARIANTS.items():
+        encoded = [encode_with(video, options) for video in videos]
+        rates = [len(videos) * args.frames / cpu_seconds(lambda: [decode_mp4_bytes(data) for data in encoded])
+                 for _ in range(args.rounds)]
+        error = statistics.mean(float(np.abs(decode_mp4_bytes(data).astype(np.float32) - video).mean())
+                                for data, video in zip(encoded, videos))
+        print(f"| {name} | {statistics.median(rates):,.0f} | {sum(map(len, encoded)) / len(encoded) / 1024:.0f} "
+              f"| {error:.2f} |")
+
+    root = work / "gpu_feed"
+    shutil.rmtree(root, ignore_errors=True)
+    folders = write_png_folders(root / "png", videos)
+    sources = [FrameDirectorySource(f"video{n:04d}", f"sentence {n % 8}", signer=f"s{n % 3}", path=folder)
+               for n, folder in enumerate(folders)]
+    per_core = {}
+    for video_format in ("npy", "mp4"):
+        shards = root / video_format
+        write_corpus(shards, {"train": sources}, video_format=video_format, samples_per_shard=4,
+                     num_workers=args.workers, progress=False)
+        evaluation = ReaderConfig(frame_size=side, max_frames=args.frames, output="uint8", num_workers=0)
+        training = ReaderConfig(frame_size=side, max_frames=args.frames, output="uint8", num_workers=0,
+                                shuffle_buffer=16, shuffle_initial=4)  # the default augmentation: speed, drop, crop + resize
+        per_core[video_format, "eval"] = loader_frames_per_core(
+            partial(make_eval_loader, shards, "train", args.batch_size, 0, 1, evaluation), args.rounds)
+        per_core[video_format, "train"] = loader_frames_per_core(
+            partial(make_train_loader, shards, "train", args.batch_size, 0, 1, 0, training), args.rounds)
+
+    gpu_rate = {}
+    for preset in ("base", "large"):
+        flops = flops_per_frame(preset, frames=PHOENIX_MEAN_FRAMES)
+        gpu_rate[preset] = args.mfu * args.gpu_peak_tflops * 1e12 / flops["per_frame"]
+        print(f"\n{preset}: {flops['per_frame'] / 1e9:.2f} GFLOP per training frame (counted, {PHOENIX_MEAN_FRAMES}-frame "
+              f"video at 224 px, frame CNN {100 * flops['cnn_share']:.0f}%): one GPU at {100 * args.mfu:.0f}% of "
+              f"{args.gpu_peak_tflops:.0f} TFLOP/s consumes {gpu_rate[preset]:,.0f} frames/s")
+
+    print("\n## Cores per GPU (loader frames per CPU second; cores = GPU frames/s / that, + 1 for the training process)\n")
+    print("| shards | loader | frames per core-second | cores per GPU, base | cores per GPU, large |")
+    print("|---|---|---|---|---|")
+    for (video_format, mode), rate in per_core.items():
+        cores = {preset: math.ceil(gpu_rate[preset] / rate) + 1 for preset in gpu_rate}
+        label = "training (speed, frame drop, crop + resize)" if mode == "train" else "evaluation (no resize)"
+        print(f"| {video_format} | {label} | {rate:,.0f} | {cores['base']} | {cores['large']} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if args.gpu_feed:
+        work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_data_"))
+        print(f"# data benchmark, --gpu-feed: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__}; load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        gpu_feed(args, work)
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_data_"))
-    clips, content = base_clips()
+    clips, content = base_clips(args.media)
     total_frames = args.videos * args.frames
     print(f"# data benchmark: {args.videos} videos x {args.frames} frames, {args.workers} workers, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}")

@@ -3,9 +3,9 @@
 Three parts, printed as markdown:
 
 1. Parameters of the `large` preset, built on the meta device (no memory, no download), as a real
-   `--init-mbart` run trains it: LoRA on the decoder's q/v projections, text encoder frozen, the shared
-   250k-token embedding (tied to the LM head) frozen with the decoder. Counted once per tensor
-   (`model.parameters()` already skips tied duplicates; DeepSpeed's own `model_to_params` dedups by
+   `--init-mbart` run trains it: LoRA on the visual transformer's and the decoder's q/v projections, text
+   encoder frozen, the shared 250k-token embedding (tied to the LM head) frozen with the decoder. Counted
+   once per tensor (`model.parameters()` already skips tied duplicates; DeepSpeed's own `model_to_params` dedups by
    `data_ptr()`, which is 0 for every meta tensor, so it cannot be used here).
 2. Per-GPU memory of the model states for 1, 8 and 64 GPUs from DeepSpeed's estimators
    (`estimate_zero2_model_states_mem_needs_all_cold`, `estimate_zero3_model_states_mem_needs_all_cold`; the
@@ -172,8 +172,10 @@ def sign_encoder_activations_per_frame(frames: int, frame_size: int) -> float:
     from recipe.modeling import SignTranslationModel
     from recipe.presets import build_config
 
-    config = build_config("large", use_lora=True, attn_implementation="eager", frame_size=frame_size,
-                          max_visual_tokens=frames // 4 + 8)
+    # The visual transformer trained fully (no LoRA on it): an upper bound on what the paper's LoRA keeps, and
+    # torch's MemTracker cannot hook the frozen weights LoRA leaves.
+    config = build_config("large", use_lora=True, lora_modules=["decoder"], attn_implementation="eager",
+                          frame_size=frame_size, max_visual_tokens=frames // 4 + 8)
     with torch.device("meta"):
         model = SignTranslationModel(config)  # the whole model costs nothing on meta; only the encoder is made real
     encoder = model.sign_encoder.to_empty(device="cpu").train()
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = count_large_preset(args.lora_r, args.frames)
     dim = 1024  # the large preset's projection_dim (E)
 
-    print(f"## Parameters of the `large` preset (LoRA r={args.lora_r} on decoder q/v, frozen text encoder)\n")
+    print(f"## Parameters of the `large` preset (LoRA r={args.lora_r} on visual transformer and decoder q/v, "
+          "frozen text encoder)\n")
     print("| part | params | trainable |\n|---|---:|---:|")
     for part, (n, t) in sorted(counts.by_part.items(), key=lambda kv: -kv[1][0]):
         print(f"| {part} | {n / 1e6:.2f}M | {t / 1e6:.2f}M |")

@@ -269,7 +269,7 @@ class TimedLoss:
         self.inner, self.clock = inner, clock
         self.last = None  # tensors of the last call, for the no-grad similarity timing after the step
 
-    def __call__(self, features, logit_scale, sample_ids, sentence_ids, selection=None):
+    def __call__(self, features, logit_scale, sample_ids, sentence_ids, selection=None, valid=None):
         import torch.distributed as dist
 
         from recipe.contrastive import contrastive_loss, gather_features
@@ -284,7 +284,7 @@ class TimedLoss:
             hook = lambda local, full: self.clock.time("ps mask", selection, local, full)  # noqa: E731
         if dist.is_initialized():
             self.clock.time("wait", dist.barrier)
-        batch = self.clock.time("gather", gather_features, leaves, sample_ids, sentence_ids)
+        batch = self.clock.time("gather", gather_features, leaves, sample_ids, sentence_ids, valid=valid)
         out = self.clock.time("loss fwd", contrastive_loss, batch, scale, similarity_kind=self.inner.similarity_kind,
                               same_sentence=self.inner.same_sentence, selection=hook, chunk_size=self.inner.chunk_size)
         self.clock.time("loss bwd", out["loss"].backward)
@@ -332,7 +332,9 @@ def worker(args: argparse.Namespace) -> None:
             "--micro-batch-size", str(job.micro_batch), "--max-frames", str(job.max_frames),
             "--frame-size", str(job.frame_size), "--max-steps", str(job.warmup + job.steps), "--warmup-steps", "1",
             "--vocab-size", "64", "--num-workers", "0", "--negatives", arm, "--reference-run", args.reference,
-            "--max-text-tokens", "32", *job.extra])
+            "--max-text-tokens", "32",
+            # The PS arm times the in-loss mask too (an option, off by default): the costliest per-step PS piece.
+            *(["--ps-keep-fraction", "0.5"] if arm == "ps" else []), *job.extra])
 
     configs = {arm: config_for(arm) for arm in job.arms}
     base_config = configs[job.arms[0]]

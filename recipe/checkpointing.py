@@ -21,12 +21,25 @@ client_state only into the model-states file of rank 0 (ZeRO-1/2) or of each ran
 under ZeRO-1/2 every rank loads rank 0's; RNG states differ per rank, so each rank writes its own
 small file.
 
-Crash safety: a tag only counts once `complete.json` exists, and `complete.json` is written after
-a barrier that every rank reaches only when its part is on disk. `latest` is rewritten atomically
-after that. DeepSpeed's own `latest` is disabled (`save_latest=False`): it is written before the
-other ranks are known to be done. `resume()` takes the newest complete tag and warns about any
-newer tag without a marker (a save interrupted by a crash); the next save of that step replaces it.
-Old tags beyond `keep_last` are deleted by rank 0 after the marker is written.
+Crash safety (a kill at any moment leaves a loadable checkpoint): a tag only counts once
+`complete.json` exists, and `complete.json` is written after a barrier that every rank reaches only
+when its files are on disk: DeepSpeed does not fsync what it saves, so every rank fsyncs the tag's
+files (and the directory) first. The marker and `latest` are written atomically and fsynced. A
+marker that is empty or torn (a crash of a file system that did not honour that) makes its tag
+incomplete, not unreadable: resume falls back to the previous complete tag. DeepSpeed's own `latest`
+is disabled (`save_latest=False`): it is written before the other ranks are known to be done.
+`resume()` takes the newest complete tag and warns about any newer tag without a marker (a save
+interrupted by a crash); the next save of that step replaces it. Old tags beyond `keep_last` are
+deleted by rank 0 only after the new marker is durable, marker first, so a tag half-deleted by a
+kill is never taken for a complete one.
+
+Decisions that rest on reading the file system (is this step already saved, which tag is the newest
+complete one) are taken by rank 0 and broadcast: with NFS attribute caching two ranks can read the
+same directory differently, and a rank that decided otherwise would hang the others in a barrier.
+
+What is unpickled: DeepSpeed loads its own checkpoint files with `torch.load(weights_only=False)`, so
+a checkpoint directory must be trusted like code (README, "What you must trust"). This module's own
+reads (RNG states, buffers) use `weights_only=True`.
 
 Resuming on a different world size (e.g. 16 GPUs -> 8) uses DeepSpeed's universal checkpoint:
 `resume()` notices that the newest tag was saved by another world size and converts it once with
@@ -47,6 +60,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -58,7 +72,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from recipe.run_dir import write_json_atomic, write_text_atomic
+import numpy as np
+
+from recipe.dist import broadcast_object
+from recipe.run_dir import fsync_directory, write_json_atomic, write_text_atomic
 from recipe.seeding import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
@@ -99,11 +116,41 @@ def _rng_file(tag_dir: Path, rank: int) -> Path:
 
 
 def read_marker(tag_dir: Path) -> dict[str, Any] | None:
-    """The completion marker of a tag directory, or None if the save never finished."""
+    """The completion marker of a tag directory, or None if the save never finished (or the marker is torn)."""
+    path = Path(tag_dir) / COMPLETE_MARKER
     try:
-        return json.loads((tag_dir / COMPLETE_MARKER).read_text())
-    except FileNotFoundError:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        marker = None
+    if not isinstance(marker, dict) or not {"step", "world_size"} <= marker.keys():
+        logger.warning("%s is empty or torn (%d bytes): %s counts as an incomplete checkpoint", path, len(text),
+                       Path(tag_dir).name)
+        return None
+    return marker
+
+
+# An RNG file holds NumPy's generator state (a uint32 array): these are the only non-tensor types it needs.
+_NUMPY_CORE = getattr(np, "_core", None) or np.core
+_RNG_SAFE_GLOBALS = [_NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_rng_file(path: Path) -> dict[str, Any]:
+    with torch.serialization.safe_globals(_RNG_SAFE_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file under `directory`, then the directories themselves (DeepSpeed never fsyncs)."""
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for folder in sorted({path.parent for path in directory.rglob("*")} | {directory, directory.parent}):
+        fsync_directory(folder)
 
 
 def convert_to_universal(checkpoint_dir: str | Path, tag: str, num_workers: int = 1) -> str:
@@ -144,7 +191,7 @@ def _restore_buffers(module: torch.nn.Module, tag_dir: Path) -> None:
     states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
     if not states:
         raise FileNotFoundError(f"{tag_dir}: no mp_rank_00_model_states.pt to take the buffers from")
-    saved = torch.load(states[0], map_location="cpu", weights_only=False)["module"]
+    saved = torch.load(states[0], map_location="cpu", weights_only=True)["module"]
     for name, buffer in module.named_buffers():
         if name not in saved:
             raise KeyError(f"{states[0]} has no buffer {name!r}: it was saved from another model")
@@ -208,8 +255,8 @@ class CheckpointManager:
         """
         tag = step_tag(step)
         tag_dir = self.directory / tag
-        if read_marker(tag_dir) is not None:
-            return tag
+        if broadcast_object(read_marker(tag_dir) is not None if _rank() == 0 else None):
+            return tag  # rank 0's reading, on every rank: a rank that read otherwise would wait alone below
         if _rank() == 0:
             shutil.rmtree(tag_dir, ignore_errors=True)  # leftovers of a save that crashed
         _barrier()
@@ -230,6 +277,7 @@ class CheckpointManager:
         tmp = rng_file.with_suffix(".tmp")
         torch.save(capture_rng_state(), tmp)
         tmp.replace(rng_file)
+        _fsync_tree(tag_dir)
         _barrier()  # every rank's files are on disk: now the tag may be declared complete
 
         if _rank() == 0:
@@ -253,8 +301,13 @@ class CheckpointManager:
         newest_step = tag_step(complete[-1]) if complete else -1
         doomed += [tag for tag in self.partial_tags() if tag_step(tag) < newest_step]
         for tag in doomed:
-            shutil.rmtree(self.directory / tag, ignore_errors=True)
-            shutil.rmtree(self.directory / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)
+            for tag_dir in (self.directory / tag, self.directory / (tag + UNIVERSAL_SUFFIX)):
+                # The marker goes first (and durably): a kill in the middle of rmtree then leaves a partial
+                # tag, which resume ignores, never a "complete" one with files missing.
+                (tag_dir / COMPLETE_MARKER).unlink(missing_ok=True)
+                if tag_dir.is_dir():
+                    fsync_directory(tag_dir)
+                shutil.rmtree(tag_dir, ignore_errors=True)
 
     # ----------------------------------------------------------------------------- resuming
     def resume(self, engine: Any, tag: str | None = None) -> dict[str, Any] | None:
@@ -265,13 +318,14 @@ class CheckpointManager:
         converted to a universal checkpoint first (see module docstring).
         """
         if tag is None:
-            for partial in self.partial_tags():
-                logger.warning("Ignoring incomplete checkpoint %s (no %s: the save was interrupted)",
-                               self.directory / partial, COMPLETE_MARKER)
-            tag = self.latest_tag()
+            if _rank() == 0:
+                for partial in self.partial_tags():
+                    logger.warning("Ignoring incomplete checkpoint %s (no %s: the save was interrupted)",
+                                   self.directory / partial, COMPLETE_MARKER)
+            tag = broadcast_object(self.latest_tag() if _rank() == 0 else None)  # one answer for every rank
             if tag is None:
                 return None
-        marker = read_marker(self.directory / tag)
+        marker = broadcast_object(read_marker(self.directory / tag) if _rank() == 0 else None)
         if marker is None:
             raise FileNotFoundError(f"{self.directory / tag} is not a complete checkpoint (no {COMPLETE_MARKER}); "
                                     f"complete ones: {self.complete_tags()}")
@@ -304,7 +358,7 @@ class CheckpointManager:
             _restore_buffers(engine.module, self.directory / tag)
         rng_file = _rng_file(self.directory / tag, _rank())
         if same_world:
-            restore_rng_state(torch.load(rng_file, weights_only=False))
+            restore_rng_state(load_rng_file(rng_file))
         else:
             logger.warning("RNG states are per rank and cannot carry over to another world size; "
                            "they stay as seeded")

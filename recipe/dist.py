@@ -14,6 +14,15 @@ Supported launchers (first match wins):
 `init_distributed` exports the resolved values as the standard variables before calling
 `deepspeed.init_distributed`, because DeepSpeed falls back to MPI discovery (and fails without mpi4py)
 when they are missing.
+
+On GPUs it also settles three things a CPU run never meets:
+- which GPU: the local rank's, or the only one the process sees (SLURM's `--gpus-per-task=1` shows each
+  task one device, so `set_device(local_rank)` would fail on every task but the first); LOCAL_RANK is
+  exported as that device index, because DeepSpeed picks its device from LOCAL_RANK (engine, ZeRO-3 Init);
+- how long a collective may wait: `process_group_timeout()` (DeepSpeed's own default is 10 minutes);
+- a CPU (gloo) group beside NCCL, `host_group()`, for the small exchanges that must not wait for the GPU
+  (batch shapes, sample ids, the preemption flag): a collective on a CUDA tensor whose result the host
+  reads stalls the CPU until the whole queue of GPU work before it has run.
 """
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Mapping, MutableMapping
 
 import torch
@@ -35,6 +45,11 @@ DEFAULT_MASTER_PORT = 29500
 # (32768+), so a rendezvous port never collides with an outgoing connection's port.
 SLURM_PORT_BASE = 20000
 SLURM_PORT_SPAN = 10000
+# Rank-0-only work runs while the other ranks wait in a barrier: converting a large checkpoint to the
+# universal format, writing a reference checkpoint of the training set, scoring dev. NCCL's and DeepSpeed's
+# 10-minute default kills such a job; an hour still ends a real hang within the hour. DEEPSPEED_TIMEOUT
+# (minutes, DeepSpeed's own variable) overrides it.
+DEFAULT_TIMEOUT_MINUTES = 60
 
 
 @dataclass(frozen=True)
@@ -237,8 +252,60 @@ def stale_extension_locks(max_age_s: float = STALE_LOCK_SECONDS, now: float | No
     return sorted(path for path in locks if now - os.path.getmtime(path) > max_age_s)
 
 
+def remove_stale_extension_locks(max_age_s: float = STALE_LOCK_SECONDS) -> list[str]:
+    """Remove the build locks that `stale_extension_locks` finds; the next build then takes the lock afresh.
+
+    Waiting is never the right answer for such a lock (the build that owned it is dead), and a run that hangs
+    before its first step, silently, is the worst way to fail; a build older than max_age_s is ~20x the
+    CPU op's build time.
+    """
+    removed = []
+    for lock in stale_extension_locks(max_age_s):
+        try:
+            os.remove(lock)
+            removed.append(lock)
+        except FileNotFoundError:  # another process removed it first
+            pass
+    return removed
+
+
+def cuda_device_index(local_rank: int, device_count: int) -> int:
+    """The GPU this process uses, as an index into the devices it sees.
+
+    One visible device: that one, whatever the local rank (SLURM `--gpus-per-task=1`, or a launcher that
+    sets CUDA_VISIBLE_DEVICES per process). Several: the local rank's (torchrun, the deepspeed launcher,
+    srun tasks that all see the node's GPUs). Fewer devices than the local rank needs is an error, not a
+    silent doubling-up of two ranks on one GPU.
+    """
+    if device_count < 1:
+        raise RuntimeError("CUDA is available but no device is visible (CUDA_VISIBLE_DEVICES?)")
+    if device_count == 1:
+        return 0
+    if local_rank >= device_count:
+        raise RuntimeError(
+            f"local rank {local_rank} but this process sees only {device_count} GPUs: start one process per GPU "
+            "(torchrun --nproc_per_node = GPUs per node, or srun --gpus-per-task=1), or expose more GPUs"
+        )
+    return local_rank
+
+
+def cpu_accelerator_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """DS_ACCELERATOR=cpu: the user asked for DeepSpeed's CPU accelerator (bf16 on CPU is then allowed)."""
+    env = os.environ if environ is None else environ
+    return env.get("DS_ACCELERATOR") == "cpu"
+
+
+def process_group_timeout(environ: Mapping[str, str] | None = None) -> timedelta:
+    """How long any collective may wait: DEEPSPEED_TIMEOUT minutes, else DEFAULT_TIMEOUT_MINUTES."""
+    env = os.environ if environ is None else environ
+    minutes = _int(env, "DEEPSPEED_TIMEOUT", DEFAULT_TIMEOUT_MINUTES)
+    if minutes < 1:
+        raise RuntimeError(f"DEEPSPEED_TIMEOUT={minutes}: give the process-group timeout in minutes (>= 1)")
+    return timedelta(minutes=minutes)
+
+
 def init_distributed(env: DistEnv | None = None, backend: str | None = None) -> DistEnv:
-    """Create the default process group through DeepSpeed (gloo on CPU, nccl on CUDA).
+    """Create the default process group through DeepSpeed (gloo on CPU, nccl on CUDA), and the host group.
 
     Safe at world size 1 without any launcher: it exports a loopback rendezvous on a free port so
     DeepSpeed does not try MPI. Keep the returned DistEnv: after the export, the environment reads as a
@@ -251,16 +318,38 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None) -> 
         env = DistEnv(master_port=free_port())  # a free port lets single-process runs coexist
     env.export()
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
+        device = cuda_device_index(env.local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        os.environ["LOCAL_RANK"] = str(device)  # what DeepSpeed reads to choose its device (module docstring)
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if env.local_rank == 0:
-            for lock in stale_extension_locks():
-                print(f"warning: {lock} is older than {STALE_LOCK_SECONDS // 60} minutes: left by a build that was "
-                      "interrupted, DeepSpeed will wait on it forever. If no other process on this machine is "
-                      f"compiling, remove it (rm {lock}) and start again.", file=sys.stderr, flush=True)
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+            for lock in remove_stale_extension_locks():
+                print(f"warning: removed {lock}, older than {STALE_LOCK_SECONDS // 60} minutes: left by a build "
+                      "that was interrupted, DeepSpeed would have waited on it forever", file=sys.stderr, flush=True)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=process_group_timeout())
+    host_group()  # every rank, now: creating it later, inside one code path, could pair it with another collective
     return env
+
+
+_host_group: dist.ProcessGroup | None = None
+
+
+def host_group() -> dist.ProcessGroup | None:
+    """A gloo group over every rank, for small exchanges of CPU tensors (None = no process group).
+
+    The default group itself when it is gloo (CPU runs, the tests); otherwise created once, the first time
+    any rank asks (a collective: `init_distributed` asks on every rank right after creating the default
+    group). Its collectives never touch the GPU, so reading their result never waits for GPU work.
+    """
+    global _host_group
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    if _host_group is None:
+        _host_group = dist.new_group(backend="gloo", timeout=process_group_timeout())
+    return _host_group
 
 
 def get_rank() -> int:
@@ -288,6 +377,33 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(value, src: int = 0):
+    """`value` as rank `src` holds it, returned on every rank (a no-op without a process group).
+
+    For decisions the ranks must take together but could read differently: a file-system read on each rank
+    (NFS attribute caching can show one rank a file another does not see yet) would split them, and the ones
+    that decided otherwise then wait in a collective the others never enter."""
+    if get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src, group=host_group())  # gloo: pickled bytes stay on the host
+    return holder[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank the buffers of rank `src` (BatchNorm running statistics), as DDP does before each forward.
+
+    DeepSpeed broadcasts buffers once, at `initialize`; after that each rank's BatchNorm layers average their
+    own batches and the ranks drift apart. Training itself does not see it (train mode normalises with the
+    batch's statistics), but anything that runs the network in eval mode on several ranks (evaluation,
+    trajectory recording) would use different networks on different samples, and the checkpoint would hold
+    rank 0's. Call on every rank before those (a collective; a no-op in one process).
+    """
+    if get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
+
+
 def shutdown_distributed(env: DistEnv) -> None:
     """Leave the job in step: every rank reaches the barrier before any tears its connections down.
 
@@ -295,6 +411,8 @@ def shutdown_distributed(env: DistEnv) -> None:
     the last collective, which then aborts. A single process keeps its group (DeepSpeed caches groups,
     so a second run in the same process, as in the tests, needs it).
     """
+    global _host_group
     if env.world_size > 1 and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the host group included
+        _host_group = None

@@ -17,9 +17,12 @@ of lr for k < W = warmup steps, then the cosine decays to cos_min_ratio x lr at 
 the shipped warmup_min_ratio 0, the first two optimizer steps leave the weights unchanged.
 
 Refused, with the file, the field and the fix: missing file, invalid JSON (with line and column),
-"auto" anywhere (only the HF Trainer fills those), an unknown ZeRO stage, param offload below stage 3,
-fp16/bf16 on a machine without CUDA, batch fields that disagree with micro x accum x world, and any
-other recipe-owned value that disagrees.
+a section that is not an object (`"bf16": true`, `"zero_optimization": 2`, `"optimizer": "AdamW"`: DeepSpeed
+would die on them with a bare AttributeError), "auto" anywhere (only the HF Trainer fills those), an unknown
+ZeRO stage, param offload below stage 3, fp16/bf16 on a machine without CUDA, batch fields that disagree with
+micro x accum x world, no scheduler (--warmup-steps and the schedule length would be silently dropped), a
+scheduler type whose step counts the recipe cannot fill, and any other recipe-owned value that disagrees
+(including the step counts and peak lr of every supported scheduler).
 """
 from __future__ import annotations
 
@@ -31,6 +34,18 @@ from typing import Any
 import torch
 
 ZERO_STAGES = (0, 1, 2, 3)
+# Sections DeepSpeed reads as objects: anything else there ends in an AttributeError deep inside DeepSpeed.
+OBJECT_SECTIONS = ("zero_optimization", "optimizer", "scheduler", "bf16", "fp16", "checkpoint", "data_types",
+                   "activation_checkpointing", "comms_logger", "flops_profiler", "tensorboard", "wandb", "csv_monitor")
+OBJECT_EXAMPLES = {"zero_optimization": '{"stage": 2}', "optimizer": '{"type": "AdamW", "params": {...}}',
+                   "scheduler": '{"type": "WarmupCosineLR", "params": {...}}', "bf16": '{"enabled": true}',
+                   "fp16": '{"enabled": true}'}
+# The schedulers whose length the recipe fills from its flags: which step counts each takes, and whether its peak
+# lr is a scheduler parameter (warmup_max_lr) rather than the optimizer's lr. Others would ignore --warmup-steps,
+# --max-steps/--epochs or --lr.
+SCHEDULERS = {"WarmupCosineLR": (("warmup_num_steps", "total_num_steps"), False),
+              "WarmupDecayLR": (("warmup_num_steps", "total_num_steps"), True),
+              "WarmupLR": (("warmup_num_steps",), True)}
 
 
 class DeepSpeedConfigError(ValueError):
@@ -93,16 +108,19 @@ def resolve_ds_config(
     warmup_steps: int | None = None,
     total_steps: int | None = None,
     device_type: str | None = None,
+    allow_cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """The dict to hand to `deepspeed.initialize(config=...)`; see the module docstring.
 
     `device_type` is "cuda" or "cpu" (default: "cuda" when CUDA is available). `warmup_steps` and
-    `total_steps` count optimizer steps (not micro-batches).
+    `total_steps` count optimizer steps (not micro-batches). `allow_cpu_bf16` lets a bf16 config run on
+    DeepSpeed's CPU accelerator (slow; the tests use it to exercise the bf16 path without a GPU).
     """
     path = Path(path)
     config = copy.deepcopy(load_ds_config(path))
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
 
+    _check_shapes(path, config)
     autos = _find_auto(config)
     if autos:
         raise DeepSpeedConfigError(
@@ -123,10 +141,13 @@ def resolve_ds_config(
         raise DeepSpeedConfigError(f"{path}: zero_optimization.offload_optimizer needs stage 1, 2 or 3")
 
     for precision in ("fp16", "bf16"):
-        if config.get(precision, {}).get("enabled", False) and device_type != "cuda":
+        if config.get(precision, {}).get("enabled", False) and device_type != "cuda" and not (
+                precision == "bf16" and allow_cpu_bf16):
             raise DeepSpeedConfigError(
                 f"{path}: {precision}.enabled is true but this machine has no CUDA device; "
                 "use an fp32 config on CPU (ds_configs/zero1.json, zero2.json, zero3.json, zero3_offload.json)"
+                + (" or, to try bf16 on DeepSpeed's CPU accelerator (slow), set DS_ACCELERATOR=cpu"
+                   if precision == "bf16" else "")
             )
     if config.get("fp16", {}).get("enabled", False) and config.get("bf16", {}).get("enabled", False):
         raise DeepSpeedConfigError(f"{path}: fp16.enabled and bf16.enabled are both true; enable one")
@@ -159,16 +180,46 @@ def resolve_ds_config(
     _require(path, params, "lr", "optimizer.params.lr", "--lr")
 
     scheduler = config.get("scheduler")
-    if scheduler is not None:
-        sched = scheduler.setdefault("params", {})
-        if scheduler.get("type") == "WarmupCosineLR":
-            if warmup_steps is not None and warmup_steps < 1:
-                raise DeepSpeedConfigError(
-                    f"{path}: WarmupCosineLR needs at least one warmup step; pass --warmup-steps 1 or more"
-                )
-            _agree(path, sched, "warmup_num_steps", warmup_steps, "scheduler.params.warmup_num_steps", "--warmup-steps")
-            _agree(path, sched, "total_num_steps", total_steps, "scheduler.params.total_num_steps",
-                   "--max-steps (or --epochs)")
-            _require(path, sched, "warmup_num_steps", "scheduler.params.warmup_num_steps", "--warmup-steps")
-            _require(path, sched, "total_num_steps", "scheduler.params.total_num_steps", "--max-steps (or --epochs)")
+    if scheduler is None:
+        raise DeepSpeedConfigError(
+            f"{path}: no scheduler section, so --warmup-steps and the schedule length would be silently dropped. Add "
+            '"scheduler": {"type": "WarmupCosineLR", "params": {"warmup_type": "linear", "warmup_min_ratio": 0.0, '
+            '"cos_min_ratio": 0.01}} (see ds_configs/zero2.json)'
+        )
+    kind = scheduler.get("type")
+    if kind not in SCHEDULERS:
+        raise DeepSpeedConfigError(
+            f"{path}: scheduler.type is {kind!r}; the recipe fills the schedule of {', '.join(SCHEDULERS)} from "
+            "--warmup-steps, --max-steps/--epochs and --lr. Use one of those (WarmupCosineLR is the recipe's)"
+        )
+    sched = scheduler.setdefault("params", {})
+    step_fields, peak_is_param = SCHEDULERS[kind]
+    if warmup_steps is not None and warmup_steps < 1:
+        raise DeepSpeedConfigError(f"{path}: {kind} needs at least one warmup step; pass --warmup-steps 1 or more")
+    flags = {"warmup_num_steps": (warmup_steps, "--warmup-steps"), "total_num_steps": (total_steps, "--max-steps (or --epochs)")}
+    for field in step_fields:
+        value, flag = flags[field]
+        _agree(path, sched, field, value, f"scheduler.params.{field}", flag)
+        _require(path, sched, field, f"scheduler.params.{field}", flag)
+    if peak_is_param:  # these schedulers ramp to warmup_max_lr, not to the optimizer's lr
+        _agree(path, sched, "warmup_max_lr", lr, "scheduler.params.warmup_max_lr", "--lr")
     return config
+
+
+def _check_shapes(path: Path, config: dict[str, Any]) -> None:
+    """Sections that must be JSON objects are objects (DeepSpeed calls .get on them)."""
+    def refuse(field: str, value: Any) -> None:
+        example = OBJECT_EXAMPLES.get(field, "{...}")
+        raise DeepSpeedConfigError(f"{path}: \"{field}\" is {json.dumps(value)}, but it must be an object such as "
+                                   f"{example}; fix that entry (see ds_configs/zero2.json)")
+
+    for section in OBJECT_SECTIONS:
+        if section in config and not isinstance(config[section], dict):
+            refuse(section, config[section])
+    for section in ("optimizer", "scheduler"):
+        if section in config and "params" in config[section] and not isinstance(config[section]["params"], dict):
+            refuse(f"{section}.params", config[section]["params"])
+    for offload in ("offload_optimizer", "offload_param"):
+        value = config.get("zero_optimization", {}).get(offload)
+        if value is not None and not isinstance(value, dict):
+            refuse(f"zero_optimization.{offload}", value)

@@ -7,6 +7,9 @@ ROUGE-L / chrF (`recipe.metrics`) and writes the report: JSON, a markdown table 
 Also a command, to score an exported model the same way:
 
     python -m recipe.evaluate --model HF_DIR --data SHARDS --split test --out REPORT_DIR [--num-beams 5]
+
+The model loads from a local directory only (see recipe.translate.load_local_model); every sample of the
+split is scored or the evaluation fails (sharded_data.reader.make_eval_loader).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from recipe.device import default_device, frames_to_device
 from recipe.metrics import TranslationScores, score_translations
 from recipe.run_dir import write_json_atomic, write_text_atomic
 from sharded_data.reader import ReaderConfig, make_eval_loader
@@ -45,7 +49,7 @@ def translate_split(model: Any, tokenizer: Any, data: str, split: str, batch_siz
     model.eval()
     rows: list[TranslationRow] = []
     for batch in make_eval_loader(data, split, batch_size, rank, world_size, reader):
-        generated = model.generate(frames=batch["frames"].to(device, dtype=dtype),
+        generated = model.generate(frames=frames_to_device(batch["frames"], device, dtype),
                                    frame_mask=batch["frame_mask"].to(device), num_beams=num_beams,
                                    max_new_tokens=max_new_tokens, synced_gpus=synced_gpus)
         hypotheses = tokenizer.batch_decode(generated, skip_special_tokens=True)
@@ -86,8 +90,8 @@ def write_report(out_dir: str | Path, name: str, scores: TranslationScores, rows
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from recipe.modeling import SignTranslationModel
     from recipe.tokenizer import load_tokenizer
+    from recipe.translate import load_local_model
 
     parser = argparse.ArgumentParser(description="Score an exported model on a shard split (BLEU-1..4, ROUGE-L, chrF).")
     parser.add_argument("--model", required=True, help="Hugging Face directory from recipe.convert_to_hf")
@@ -102,11 +106,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--bleu-tokenize", default="13a")
     args = parser.parse_args(argv)
-    model = SignTranslationModel.from_pretrained(args.model)
+    device = default_device()
+    try:
+        model = load_local_model(args.model).to(device)
+    except FileNotFoundError as error:
+        parser.exit(1, f"error: {error}\n")
     tokenizer = load_tokenizer(args.model)
-    reader = ReaderConfig(frame_size=model.config.frame_size, max_frames=args.max_frames or model.max_frames, num_workers=args.num_workers)
+    reader = ReaderConfig(frame_size=model.config.frame_size, max_frames=args.max_frames or model.max_frames,
+                          num_workers=args.num_workers, output="uint8", pin_memory=device.type == "cuda")
     rows = translate_split(model, tokenizer, args.data, args.split, args.batch_size, reader,
-                           num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+                           num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, device=device)
     scores = score_rows(rows, args.bleu_tokenize)
     write_report(args.out, args.split, scores, rows, {"model": str(args.model), "num_beams": args.num_beams})
     print(json.dumps(scores.as_dict(), indent=1))

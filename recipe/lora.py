@@ -1,10 +1,12 @@
-"""LoRA on the text decoder, through peft, in place (no PeftModel wrapper around the whole model).
+"""LoRA through peft, in place (no PeftModel wrapper around the whole model), on any sub-module.
 
-`inject_adapter_in_model` keeps the module tree of the decoder, so the model's state-dict names stay
-stable (`decoder.layers.0.self_attn.q_proj.lora_A.default.weight`) and a model built from a config with
-`use_lora=True` loads its own checkpoints. peft freezes every non-adapter parameter of the decoder.
-`merge_lora` folds the adapters into the base weights and removes them, which is what the export does
-before `save_pretrained` so the published model is a plain mBART decoder.
+The model adapts its visual transformer and its decoder this way (`SignTranslationModel.lora_targets`).
+`inject_adapter_in_model` keeps the module tree, so the model's state-dict names stay stable
+(`decoder.layers.0.self_attn.q_proj.lora_A.default.weight`,
+`sign_encoder.transformer.layers.0.self_attn.q_proj.base_layer.weight`) and a model built from a config
+with LoRA loads its own checkpoints. peft freezes every non-adapter parameter of the module it adapts,
+and nothing outside it. `merge_lora` folds the adapters into the base weights and removes them, which is
+what the export does before `save_pretrained` so the published model has plain layers.
 """
 from __future__ import annotations
 

@@ -8,15 +8,21 @@
   and loads with `save_pretrained`/`from_pretrained` (safetensors) and is registered with the Auto classes.
 * Text encoder and decoder are transformers' own `MBartEncoder`/`MBartDecoder`, named so that weights of
   a local `MBartForConditionalGeneration` directory load by name (`from_mbart`). Like mBART, the token
-  embedding is shared by the text encoder, the decoder and the LM head.
+  embedding is shared by the text encoder, the decoder and the LM head. The visual transformer is an
+  `MBartEncoder` too, so `from_mbart` can start it from mBART's encoder (the paper, as GFSLT-VLP).
 * `generate` is transformers' (beam search included): `get_encoder()` is the sign encoder, which maps
   (frames, frame_mask) to a `VisualEncoderOutput` carrying the visual token mask, and `forward` uses that
   mask for cross-attention, so beam expansion of inputs is done by `generate` itself.
-* The decoder trains through LoRA (peft, in place) unless `use_lora=False` (full finetuning).
+* LoRA (peft, in place) on the components named in `lora_modules` (the paper: the visual transformer and
+  the decoder); `use_lora=False` trains them fully. The frame CNN and temporal convolutions always train fully.
+* Special tokens follow the tokenizer's convention (`recipe.tokenizer`): the decoder start token, the
+  token `generate` forces first (mBART-50's target language), and which text token is the sentence's
+  summary for the `cls` similarity (`text_summary`).
 """
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from dataclasses import field
 from pathlib import Path
@@ -39,9 +45,17 @@ from transformers import initialization as init
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.models.mbart.modeling_mbart import MBartDecoder, MBartEncoder
 
+from recipe.attention import decoder_attn_implementation
 from recipe.features import ContrastiveFeatures
 from recipe.lora import apply_lora, has_lora, merge_lora
 from recipe.sign_encoder import SignEncoder, VisualEncoderOutput
+from recipe.similarity import normalize_tokens
+
+logger = logging.getLogger(__name__)
+
+LORA_MODULES = ("visual", "decoder")
+"""Components LoRA can adapt: the sign encoder's transformer and the text decoder."""
+TEXT_SUMMARIES = ("first", "last")
 
 # transformers 5.24 renamed the decoder's key/value cache from `past_key_values` to `cache` (in generate, in
 # MBartDecoder.forward and in the output classes). A model that reads only the old name silently decodes
@@ -93,11 +107,14 @@ class SignTranslationConfig(PreTrainedConfig):
     freeze_text_encoder: bool = True
     """The paper freezes the text encoder: it runs without gradients and stays in eval mode."""
     use_lora: bool = True
-    """Decoder trained through LoRA adapters; False = full finetuning of the decoder."""
+    """Components in `lora_modules` trained through LoRA adapters; False = all of them trained fully."""
+    lora_modules: list[str] = field(default_factory=lambda: list(LORA_MODULES))
+    """Which components carry adapters ("visual": the sign encoder's transformer; "decoder"); the paper: both."""
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Projections adapted in every attention block of the adapted components."""
 
     label_smoothing: float = 0.0
     """Label smoothing of the translation loss (finetuning uses 0.2)."""
@@ -107,7 +124,12 @@ class SignTranslationConfig(PreTrainedConfig):
     bos_token_id: int | None = 0
     eos_token_id: int | None = 2
     decoder_start_token_id: int | None = 2
-    """mBART convention: decoding starts from </s>."""
+    """First decoder token: </s> (ours, mBART-50) or the target language code (mBART-cc25)."""
+    forced_bos_token_id: int | None = None
+    """Token `generate` forces first: mBART-50's target language code; None otherwise."""
+    text_summary: str = "first"
+    """Text token read as the sentence by the `cls` similarity: "first" (<s>, mBART-50's language code) or
+    "last" (mBART-cc25's closing language code)."""
     is_encoder_decoder: bool = True
     tie_word_embeddings: bool = True
     use_cache: bool = True
@@ -136,6 +158,12 @@ class SignTranslationConfig(PreTrainedConfig):
             decoder_start_token_id=self.decoder_start_token_id,
             attn_implementation=self._attn_implementation,
         )
+
+    def decoder_mbart_config(self) -> MBartConfig:
+        """The text config with the decoder's own attention kernel: never flash (see recipe.attention)."""
+        config = self.text_mbart_config()
+        config._attn_implementation = decoder_attn_implementation(self._attn_implementation)
+        return config
 
     def visual_mbart_config(self) -> MBartConfig:
         """The MBartConfig of the transformer over visual tokens (embeddings come in, no vocabulary)."""
@@ -192,7 +220,7 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
             subtract_clip_mean=config.subtract_clip_mean,
         )
         self.text_encoder = MBartEncoder(text_config)
-        self.decoder = MBartDecoder(text_config)
+        self.decoder = MBartDecoder(config.decoder_mbart_config())
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         # mBART checkpoints carry this (zeros); kept so they load by name and logits match mBART's.
         self.register_buffer("final_logits_bias", torch.zeros(1, config.vocab_size))
@@ -200,8 +228,11 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         self.text_projection = nn.Linear(config.d_model, config.projection_dim)
         # Shape [1], not a 0-d scalar: DeepSpeed broadcasts parameters as bytes, which a 0-d tensor cannot be viewed as.
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale_init)))
+        if config.text_summary not in TEXT_SUMMARIES:
+            raise ValueError(f"text_summary must be one of {TEXT_SUMMARIES}, got {config.text_summary!r}")
         self.generation_config = GenerationConfig(
             decoder_start_token_id=config.decoder_start_token_id,
+            forced_bos_token_id=config.forced_bos_token_id,
             bos_token_id=config.bos_token_id,
             eos_token_id=config.eos_token_id,
             pad_token_id=config.pad_token_id,
@@ -211,9 +242,41 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         if config.freeze_text_encoder:
             self._freeze_text_encoder()
         if config.use_lora:
-            apply_lora(
-                self.decoder, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
-            )
+            self._apply_lora(config.lora_modules)
+
+    def lora_targets(self, modules: list[str]) -> dict[str, nn.Module]:
+        """The modules LoRA adapts for each component name (see LORA_MODULES)."""
+        unknown = sorted(set(modules) - set(LORA_MODULES))
+        if unknown:
+            raise ValueError(f"unknown LoRA modules {unknown}; choose from {list(LORA_MODULES)}")
+        targets = {"visual": self.sign_encoder.transformer, "decoder": self.decoder}
+        return {name: targets[name] for name in LORA_MODULES if name in modules}
+
+    def _apply_lora(self, modules: list[str]) -> None:
+        # peft freezes every non-adapter parameter of the module it adapts: the visual transformer's (or the
+        # decoder's) own weights, never the frame CNN or the temporal convolutions, which sit outside it.
+        config = self.config
+        for module in self.lora_targets(modules).values():
+            apply_lora(module, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+
+    def add_lora(self, modules: list[str], r: int, alpha: int, dropout: float) -> SignTranslationModel:
+        """Adapters on `modules` of a model that has none (finetuning after a merged pretraining run)."""
+        if has_lora(self):
+            raise ValueError("this model already carries LoRA adapters: merge them first (merge_lora)")
+        self.config.update(dict(use_lora=bool(modules), lora_modules=list(modules), lora_r=r, lora_alpha=alpha,
+                                lora_dropout=dropout))
+        if modules:
+            self._apply_lora(list(modules))
+        return self
+
+    def use_token_convention(self, convention) -> SignTranslationModel:
+        """Take a tokenizer's decoder start, forced first token and sentence summary (a `TokenizerConvention`)."""
+        self.config.update(dict(decoder_start_token_id=convention.decoder_start_token_id,
+                                forced_bos_token_id=convention.forced_bos_token_id,
+                                text_summary=convention.text_summary))
+        self.generation_config.decoder_start_token_id = convention.decoder_start_token_id
+        self.generation_config.forced_bos_token_id = convention.forced_bos_token_id
+        return self
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -241,6 +304,11 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         return self
 
     # -- Hugging Face plumbing ------------------------------------------------------------------------
+    def set_attn_implementation(self, attn_implementation) -> None:
+        """transformers' switch (it reaches every sub-model), then the decoder back off flash (recipe.attention)."""
+        super().set_attn_implementation(attn_implementation)
+        self.decoder.config._attn_implementation = decoder_attn_implementation(self.decoder.config._attn_implementation)
+
     def get_encoder(self, modality: str | None = None) -> SignEncoder:
         return self.sign_encoder
 
@@ -284,11 +352,11 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         if visual is None:
             visual = self.sign_encoder(frames, frame_mask)
         text_mask = text_mask.bool()
-        video = F.normalize(self.video_projection(visual.last_hidden_state), dim=-1)
-        text = F.normalize(self.text_projection(self.encode_text(text_ids, text_mask)), dim=-1)
-        # Padding tokens are exact zeros, so gathers that pad further across ranks look the same.
-        video = video * visual.attention_mask[..., None].to(video.dtype)
-        text = text * text_mask[..., None].to(text.dtype)
+        # fp32 from here on, whatever the model computes in (recipe.similarity.normalize_tokens says why).
+        video = normalize_tokens(self.video_projection(visual.last_hidden_state), visual.attention_mask)
+        text = normalize_tokens(self.text_projection(self.encode_text(text_ids, text_mask)), text_mask)
+        if self.config.text_summary == "last":
+            text = summary_token_first(text, text_mask)
         return ContrastiveFeatures(video=video, video_mask=visual.attention_mask, text=text, text_mask=text_mask)
 
     def forward(
@@ -303,6 +371,7 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         past_key_values=None,
         use_cache: bool | None = None,
         cache=None,
+        num_real_frames: int | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """Translation logits; `loss` = label-smoothed cross-entropy when `labels` (-100 = ignore) are given.
@@ -310,12 +379,13 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
         `attention_mask` is the visual token mask; it defaults to the one the sign encoder returns
         (`generate` passes both back in after expanding them for beam search). The decoder's key/value cache
         comes as `cache` (transformers >= 5.24) or `past_key_values` (earlier): see CACHE_ARG.
+        `num_real_frames`: see `SignEncoder.forward` (training passes it, so the step never waits for the GPU there).
         """
         cache = cache if cache is not None else past_key_values
         if encoder_outputs is None:
             if frames is None or frame_mask is None:
                 raise ValueError("forward needs frames and frame_mask (or encoder_outputs from the sign encoder)")
-            encoder_outputs = self.sign_encoder(frames, frame_mask)
+            encoder_outputs = self.sign_encoder(frames, frame_mask, num_real_frames=num_real_frames)
         if attention_mask is None:
             attention_mask = encoder_outputs.attention_mask
         if labels is not None:
@@ -350,53 +420,122 @@ class SignTranslationModel(PreTrainedModel, GenerationMixin):
 
     # -- LoRA and pretrained mBART ----------------------------------------------------------------
     def merge_lora(self) -> SignTranslationModel:
-        """Fold LoRA into the decoder weights; the model (and its saved config) becomes a plain decoder."""
-        if has_lora(self.decoder):
-            merge_lora(self.decoder)
+        """Fold every LoRA adapter (visual transformer, decoder) into its base weights; the model and its saved
+        config then have none."""
+        for module in (self.sign_encoder.transformer, self.decoder):
+            if has_lora(module):
+                merge_lora(module)
         self.config.use_lora = False
+        self.config.lora_modules = []
         return self
 
     @classmethod
-    def from_mbart(cls, mbart_dir: str | Path, config: SignTranslationConfig) -> SignTranslationModel:
-        """A new model whose text encoder, decoder, shared embedding and LM head come from a local mBART dir.
+    def from_mbart(cls, mbart_dir: str | Path, config: SignTranslationConfig, init_visual: bool = True,
+                   notes: list[str] | None = None) -> SignTranslationModel:
+        """A new model started from a local mBART directory (nothing is downloaded).
 
-        The text-side sizes of `config` are replaced by the checkpoint's (the sign encoder follows its
-        d_model); nothing is downloaded.
+        From mBART: the text encoder, the decoder, the shared token embedding, the LM head and its logit bias,
+        and (`init_visual`, the paper's choice) the visual transformer from mBART's encoder. The sizes of
+        those parts are replaced by the checkpoint's; special token ids stay `config`'s (they come from the
+        tokenizer) and must agree with the checkpoint's. What could not be taken from mBART is appended to
+        `notes` (see `load_visual_from_mbart_encoder`).
         """
         mbart_dir = Path(mbart_dir)
         if not (mbart_dir / "config.json").is_file():
             raise FileNotFoundError(f"{mbart_dir} has no config.json: pass a local MBartForConditionalGeneration directory")
         mbart = MBartForConditionalGeneration.from_pretrained(mbart_dir, local_files_only=True)
-        config = adopt_mbart_dimensions(config, mbart.config)
+        config = adopt_mbart_dimensions(config, mbart.config, visual=init_visual, where=str(mbart_dir))
         model = cls(config)
         state = mbart.state_dict()
         with torch.no_grad():
-            model._load_strict(model.text_encoder, state, "model.encoder.")
-            model._load_strict(model.decoder, state, "model.decoder.", base_layer_aware=True)
+            _load_strict(model.text_encoder, state, "model.encoder.")
+            _load_strict(model.decoder, state, "model.decoder.")
             model.lm_head.weight.copy_(state["lm_head.weight"])
             model.final_logits_bias.copy_(state["final_logits_bias"])
+            if init_visual:
+                not_copied = load_visual_from_mbart_encoder(model.sign_encoder.transformer, state)
+            else:
+                not_copied = ["visual transformer: random (--init-visual random)"]
+        summary = [f"from {mbart_dir}: text encoder (frozen), decoder, token embedding, LM head"
+                   + (", visual transformer (mBART's encoder)" if init_visual else ""),
+                   "not from mBART: frame CNN, temporal convolutions, projections, temperature; " + "; ".join(not_copied)]
+        logger.info("\n".join(summary))
+        if notes is not None:
+            notes.extend(summary)
         return model
 
-    @staticmethod
-    def _load_strict(module: nn.Module, state: dict, prefix: str, base_layer_aware: bool = False) -> None:
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        own = module.state_dict()
-        if base_layer_aware:  # a LoRA-wrapped Linear keeps its pretrained weight under `.base_layer.`
-            renamed = {k.replace(".base_layer.", "."): k for k in own if ".base_layer." in k}
-            sub = {renamed.get(k, k): v for k, v in sub.items()}
-            sub.update({k: v for k, v in own.items() if ".lora_" in k})
-        result = module.load_state_dict(sub, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"mBART weights under {prefix!r} do not fit: missing {result.missing_keys[:5]}, "
-                f"unexpected {result.unexpected_keys[:5]}"
-            )
+
+def summary_token_first(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last real token moved to position 0, the others shifted right by one (padding stays put).
+
+    mBART-cc25 closes a sentence with its language code, the token that speaks for the sentence (GFSLT-VLP
+    reads it there). The `cls` similarity reads position 0; the token and mean similarities do not depend on
+    the order of tokens, so moving it changes nothing else. Its place comes from the mask, not from the ids.
+    """
+    lengths = mask.long().sum(1, keepdim=True).clamp(min=1)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+    source = torch.where(positions < lengths, (positions - 1) % lengths, positions)
+    return tokens.gather(1, source[..., None].expand_as(tokens))
 
 
-def adopt_mbart_dimensions(config: SignTranslationConfig, mbart: MBartConfig) -> SignTranslationConfig:
-    """Copy a pretrained mBART's text-side sizes and special tokens into our config (a new object)."""
+def _load_strict(module: nn.Module, state: dict, prefix: str) -> None:
+    """Load `prefix`-ed checkpoint weights into `module`, whose LoRA-wrapped layers keep theirs under
+    `.base_layer.`; every base weight must be there (adapters keep their own initialisation)."""
+    sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    renamed = {k.replace(".base_layer.", "."): k for k in own if ".base_layer." in k}
+    sub = {renamed.get(k, k): v for k, v in sub.items()}
+    sub.update({k: v for k, v in own.items() if ".lora_" in k})
+    result = module.load_state_dict(sub, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"mBART weights under {prefix!r} do not fit: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+@torch.no_grad()
+def load_visual_from_mbart_encoder(visual: MBartEncoder, state: dict) -> list[str]:
+    """Copy mBART's encoder into the visual transformer (in place); return what was not copied, and why.
+
+    Fits as is: every layer (its sizes were adopted from mBART, `adopt_mbart_dimensions`), the embedding
+    layer norm and the final layer norm. Positions: the visual transformer has `max_visual_tokens` + 2 rows
+    (mBART's offset of 2 included); the first rows are mBART's, and rows past mBART's own length, if the
+    visual sequence is longer, keep their random initialisation. Not copied: the token embedding (visual
+    tokens arrive as vectors from the temporal convolutions, so the visual transformer has none, and mBART's
+    sqrt(d) embedding scale, a property of that embedding, does not apply to them).
+    """
+    prefix = "model.encoder."
+    encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    not_copied = ["visual token embedding: none (visual tokens come from the temporal convolutions, unscaled), "
+                  "so mBART's token embedding and its sqrt(d) scale are not used there",
+                  "summary token: new (no mBART counterpart)"]
+    mbart_positions = encoder.pop("embed_positions.weight")
+    encoder.pop("embed_tokens.weight", None)
+    own_positions = visual.embed_positions.weight
+    rows = min(own_positions.shape[0], mbart_positions.shape[0])
+    own_positions[:rows].copy_(mbart_positions[:rows])
+    if rows < own_positions.shape[0]:
+        not_copied.append(f"visual positions {rows - 2}..{own_positions.shape[0] - 3}: random (mBART has "
+                          f"{mbart_positions.shape[0] - 2} positions)")
+    _load_strict(visual, {prefix + k: v for k, v in encoder.items()} | {prefix + "embed_positions.weight": own_positions},
+                 prefix)
+    return not_copied
+
+
+def adopt_mbart_dimensions(config: SignTranslationConfig, mbart: MBartConfig, visual: bool = False,
+                           where: str = "the mBART checkpoint") -> SignTranslationConfig:
+    """Our config with a pretrained mBART's sizes (a new object): text side always, visual transformer if asked.
+
+    Special token ids stay ours (the tokenizer's); <pad> and </s> must be mBART's, or the embedding rows
+    would mean other tokens.
+    """
     if mbart.encoder_attention_heads != mbart.decoder_attention_heads or mbart.encoder_ffn_dim != mbart.decoder_ffn_dim:
         raise ValueError("this recipe expects an mBART with equal encoder/decoder heads and FFN sizes")
+    for name in ("pad_token_id", "eos_token_id"):
+        if getattr(config, name) != getattr(mbart, name):
+            raise ValueError(f"the tokenizer's {name} is {getattr(config, name)} but {where} has "
+                             f"{getattr(mbart, name)}: use the tokenizer that belongs to this mBART")
     values = config.to_dict()
     values.update(
         vocab_size=mbart.vocab_size,
@@ -408,13 +547,10 @@ def adopt_mbart_dimensions(config: SignTranslationConfig, mbart: MBartConfig) ->
         max_position_embeddings=mbart.max_position_embeddings,
         activation_function=mbart.activation_function,
         scale_embedding=mbart.scale_embedding,
-        pad_token_id=mbart.pad_token_id,
-        bos_token_id=mbart.bos_token_id,
-        eos_token_id=mbart.eos_token_id,
-        decoder_start_token_id=mbart.decoder_start_token_id
-        if mbart.decoder_start_token_id is not None
-        else mbart.eos_token_id,
     )
+    if visual:
+        values.update(visual_layers=mbart.encoder_layers, visual_attention_heads=mbart.encoder_attention_heads,
+                      visual_ffn_dim=mbart.encoder_ffn_dim)
     for key in ("model_type", "transformers_version", "architectures"):
         values.pop(key, None)
     adopted = SignTranslationConfig(**values)

@@ -13,13 +13,18 @@ Layout (every path is a property of `RunDir`):
       checkpoints/       DeepSpeed tagged checkpoints (see checkpointing.py)
 
 Only rank 0 writes the description (`RunDir.describe`); every rank may construct a `RunDir`
-to get the paths. JSON files are written atomically (temporary file + os.replace), so a crash
-never leaves a half-written config behind.
+to get the paths. JSON files are written atomically and durably (temporary file, fsync, os.replace,
+fsync of the directory), so a crash never leaves a half-written or lost config behind.
+
+A resumed run is the run it claims to be: before a relaunch overwrites config.json, `config_changes`
+compares the new config with the stored one, and every key outside RESUMABLE_KEYS that differs is
+refused (recipe.training.check_resumed_config).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import platform
@@ -34,11 +39,33 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+# Settings a relaunch may change without making it another run: how long it goes on, how often it evaluates,
+# saves and logs, how many checkpoints it keeps, how many loader processes it uses, and where the run directory
+# itself is (a run copied or moved elsewhere is the same run). The one list of them.
+RESUMABLE_KEYS = ("max_steps", "eval_every", "save_every", "keep_last", "num_workers", "log_every", "out")
+# ds_config fields that follow from the above or from the world size (itself free to change on resume).
+RESUMABLE_DS_KEYS = ("train_batch_size", "scheduler.params.total_num_steps", "scheduler.params.warmup_num_steps")
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Make the entries of a directory (a rename, a new file) durable (where the file system can: some FUSE
+    and network mounts refuse a directory fsync with EINVAL, and then there is nothing more to do)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` so that readers see either the old file or the whole new one.
 
     The temporary file lives in the same directory (os.replace is atomic only within a file
-    system) and is flushed to disk before the rename, so a crash cannot leave a truncated file.
+    system) and is flushed to disk before the rename, and the rename is flushed after it, so a
+    crash can leave neither a truncated file nor a missing one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +79,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -68,6 +96,31 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         obj = dataclasses.asdict(obj)
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=to_jsonable) + "\n")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: node}
+
+
+def config_changes(stored: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None,
+                   resumable: Sequence[str] = RESUMABLE_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, current value) for every key (dotted for nested dicts) whose values differ, leaving
+    out `resumable` ones. A key the stored config lacks (written by an older version) counts as its default in
+    `defaults` when one is given."""
+    stored, current = _flatten(stored), _flatten(current)
+    defaults = _flatten(defaults or {})
+    changes = []
+    for key in sorted(set(stored) | set(current)):
+        before = stored.get(key, defaults.get(key, "(absent)"))
+        after = current.get(key, "(absent)")
+        if key not in resumable and before != after:
+            changes.append((key, before, after))
+    return changes
 
 
 def _package_version(name: str) -> str | None:

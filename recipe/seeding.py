@@ -9,6 +9,9 @@ Typical use:
     seed_everything(seed)              # same on every rank: identical model initialisation
     ... build the model ...
     seed_everything(seed + rank)       # distinct per-rank streams (dropout, augmentation)
+
+Also here, because it decides what numbers a run computes: `enable_tf32()`, TF32 tensor cores for fp32
+matmuls and convolutions on GPUs.
 """
 
 from __future__ import annotations
@@ -50,3 +53,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def enable_tf32() -> None:
+    """Let fp32 matmuls and convolutions on a GPU use TF32 tensor cores (Ampere and later).
+
+    PyTorch leaves TF32 off for matmuls by default, so an fp32 config (zero2.json: the default, and what a
+    GPU without bf16 runs) gets a fraction of the tensor-core throughput; TF32 keeps fp32's range and ~10
+    bits of mantissa, the usual trade for training. bf16 configs are unaffected. The contrastive similarity
+    turns it off around itself (recipe.similarity.exact_fp32). Nothing changes on a CPU.
+    """
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

@@ -1,13 +1,14 @@
 """The visual side of the model: sign video frames -> a short sequence of visual tokens.
 
     frames [B,T,3,H,W] --frame CNN (real frames only)--> [B,T,C]
-        --temporal module (2 x Conv1d k=5 + MaxPool 2, ~4x shorter)--> [B,T/4,D]
+        --temporal module (2 x Conv1d k=5 + BatchNorm + ReLU + MaxPool 2, ~4x shorter)--> [B,T/4,D]
         --prepend a learned summary token--> --mBART-style transformer encoder--> [B,1+T/4,D]
 
 Padding frames never influence real outputs: the CNN sees only real frames (so BatchNorm statistics
 in train mode come from real frames alone), padded time steps are zeroed before every temporal
-convolution (exactly what a shorter, unpadded clip sees as conv padding), a pooled step is valid only
-if both of its inputs were, and the transformer masks padded tokens out of attention.
+convolution (exactly what a shorter, unpadded clip sees as conv padding), the temporal BatchNorm counts
+real time steps only, a pooled step is valid only if both of its inputs were, and the transformer masks
+padded tokens out of attention.
 
 The ResNet-18 keeps torchvision's parameter names (conv1, bn1, layer1.0.conv1, ...) so ImageNet weights
 saved from torchvision load with `load_resnet18_weights` (torchvision itself does not import beside the
@@ -29,20 +30,44 @@ from transformers.models.mbart.modeling_mbart import MBartEncoder
 RESNET18_FEATURE_DIM = 512
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same names, same arithmetic) that also runs inside a bf16/fp16 model.
+
+    DeepSpeed (0.19) casts parameters to the training dtype and leaves buffers in fp32, and torch's batch
+    norm takes a half-precision input only with weight, bias and running statistics all in fp32 (cuDNN's
+    mixed mode) or all in the input's dtype: a bf16 model with fp32 running statistics fails at its first
+    forward. Here the affine parameters are used in fp32 and the statistics are kept in fp32 (accumulating
+    them in bf16 would round every update to 8 bits). In fp32 this is nn.BatchNorm2d's own forward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in (torch.bfloat16, torch.float16):
+            return super().forward(x)
+        if not self.track_running_stats or self.momentum is None:
+            raise ValueError("BatchNorm2d in half precision supports tracked statistics with a fixed momentum only")
+        for name in ("running_mean", "running_var"):
+            if getattr(self, name).dtype != torch.float32:  # a DeepSpeed that cast buffers too
+                setattr(self, name, getattr(self, name).float())
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight.float(), self.bias.float(),
+                            self.training, self.momentum, self.eps)
+
+
 class BasicBlock(nn.Module):
     """torchvision's ResNet BasicBlock (same attribute names, same arithmetic)."""
 
     def __init__(self, in_channels: int, channels: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
+        self.bn1 = BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.bn2 = BatchNorm2d(channels)
         self.downsample = None
         if stride != 1 or in_channels != channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm2d(channels)
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False), BatchNorm2d(channels)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +85,7 @@ class ResNet18Features(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.layer1 = nn.Sequential(BasicBlock(64, 64, 1), BasicBlock(64, 64, 1))
@@ -92,7 +117,7 @@ class SmallFrameCNN(nn.Module):
         for out_channels in channels:
             layers += [
                 nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out_channels),
+                BatchNorm2d(out_channels),
                 nn.ReLU(inplace=True),
             ]
             in_channels = out_channels
@@ -111,20 +136,53 @@ def build_frame_cnn(kind: str, small_channels: tuple[int, ...]) -> nn.Module:
     raise ValueError(f"unknown frame_cnn {kind!r}; use 'resnet18' or 'small'")
 
 
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """nn.BatchNorm1d over [B, C, T] whose batch statistics count the real time steps only.
+
+    torch's batch norm averages over every position, padding included, so a clip's output would depend on how
+    much padding its batch needed. Here mean and variance are masked sums (no boolean indexing, so no wait for
+    the GPU), the running statistics follow nn.BatchNorm1d's update (momentum, unbiased variance), and the
+    arithmetic is fp32 whatever the model's precision (statistics accumulated in bf16 would round every update;
+    see BatchNorm2d). Padded positions come out as zeros. Same parameter and buffer names as nn.BatchNorm1d.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.track_running_stats or self.momentum is None:
+            raise ValueError("MaskedBatchNorm1d supports tracked statistics with a fixed momentum only")
+        real = mask[:, None, :].to(torch.float32)
+        values = x.float()
+        if self.training:
+            count = real.sum()
+            mean = (values * real).sum((0, 2)) / count.clamp(min=1)
+            var = (((values - mean[None, :, None]) ** 2) * real).sum((0, 2)) / count.clamp(min=1)
+            with torch.no_grad():
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.to(self.running_var.dtype))
+                self.num_batches_tracked.add_(1)
+        else:
+            mean, var = self.running_mean.float(), self.running_var.float()
+        normed = (values - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
+        out = normed * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
+        return (out * real).to(x.dtype)
+
+
 class TemporalBlock(nn.Module):
-    """Conv1d(k) + ReLU + MaxPool1d(2) over time, with the padding mask carried along."""
+    """Conv1d(k) + BatchNorm1d + ReLU + MaxPool1d(2) over time (GFSLT-VLP's TemporalConv block, the paper's
+    "Conv1D/BN/ReLU"), with the padding mask carried along."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"temporal kernel_size must be odd to keep frames centred, got {kernel_size}")
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.norm = MaskedBatchNorm1d(out_channels)
         self.pool = nn.MaxPool1d(2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x [B,C,T]; zeroed padding = what an unpadded clip sees as the conv's own zero padding.
         x = x * mask[:, None, :].to(x.dtype)
-        x = self.pool(F.relu(self.conv(x)))
+        x = self.pool(F.relu(self.norm(self.conv(x), mask)))
         # A pooled step is real only if both inputs were: an odd-length clip alone drops its last
         # frame (floor), so the padded batch must drop it too.
         usable = mask[:, : 2 * x.shape[-1]]
@@ -181,7 +239,11 @@ class SignEncoder(nn.Module):
         # Visual tokens arrive as embeddings; a word-embedding table here would be dead weight.
         self.transformer.embed_tokens = None
 
-    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, **unused) -> VisualEncoderOutput:
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor, num_real_frames: int | None = None,
+                **unused) -> VisualEncoderOutput:
+        """`num_real_frames` = frame_mask.sum(), counted on the host from the batch's CPU mask: the real frames are
+        then picked without waiting for the GPU (a boolean index must first learn how many there are). Without
+        it (generate, inference) they are picked by boolean indexing."""
         # `generate` passes output_attentions/return_dict etc.; the visual encoder has nothing to add.
         if frames.dim() != 5 or frame_mask.shape != frames.shape[:2]:
             raise ValueError(
@@ -191,9 +253,14 @@ class SignEncoder(nn.Module):
         batch, time = frame_mask.shape
         if self.subtract_clip_mean:
             frames = subtract_clip_mean(frames, frame_mask)
-        real = self.frame_cnn(frames[frame_mask])  # only real frames: padding never reaches BatchNorm
-        per_frame = real.new_zeros(batch, time, real.shape[-1])
-        per_frame[frame_mask] = real
+        # Only real frames reach the CNN: padding never reaches BatchNorm.
+        flat_mask = frame_mask.flatten()
+        if num_real_frames is None:
+            positions = flat_mask.nonzero().squeeze(1)
+        else:
+            positions = torch.nonzero_static(flat_mask, size=num_real_frames).squeeze(1)
+        real = self.frame_cnn(frames.flatten(0, 1).index_select(0, positions))
+        per_frame = real.new_zeros(batch * time, real.shape[-1]).index_copy(0, positions, real).view(batch, time, -1)
         x, mask = per_frame.transpose(1, 2), frame_mask
         for block in self.temporal:
             x, mask = block(x, mask)

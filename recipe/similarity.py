@@ -7,14 +7,43 @@
 * "cls": dot product of token 0 of each side (the sign encoder's summary token; the text's first token).
 * "mean": dot product of the L2-normalised masked means of the token embeddings.
 
-Inputs are the L2-normalised token embeddings of `ContrastiveFeatures`. Token similarity over a
-global batch of N videos and N texts would need an [N,N,Lv,Lt] tensor; it is computed in
+Inputs are the L2-normalised token embeddings of `ContrastiveFeatures` (`normalize_tokens`). Token
+similarity over a global batch of N videos and N texts would need an [N,N,Lv,Lt] tensor; it is computed in
 [chunk_size x chunk_size] pair blocks instead, so peak memory is chunk_size^2 * Lv * Lt whatever N is.
+
+Precision: normalisation and similarity run in true fp32 whatever the model computes in. bf16 keeps 8
+significant bits, so a similarity near 1 is rounded to steps of 2^-8..2^-7; the logit scale (up to 100)
+turns that into errors of up to ~0.4 logit, and the Pair Selection trajectories are recorded from these
+same features. So the features are normalised in fp32 (`normalize_tokens`), and `similarity` computes in
+fp32 with autocast off and TF32 off for its matmuls (TF32 keeps 11 bits: the same problem, smaller).
+tests/test_bf16.py bounds the loss difference to fp32 and shows the bf16 path outside that bound.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
+
+
+def normalize_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """fp32 unit vectors [B, L, E] from token embeddings in any precision; padding tokens are exact zeros
+    (so gathers that pad further across ranks look the same)."""
+    unit = F.normalize(tokens.to(torch.promote_types(tokens.dtype, torch.float32)), dim=-1)
+    return unit * mask[..., None].to(unit.dtype)
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 matmuls stay fp32 inside: no autocast to half precision, no TF32 (see the module docstring)."""
+    previous = torch.backends.cuda.matmul.allow_tf32  # the flag recipe.seeding.enable_tf32 turns on
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 SIMILARITY_KINDS = ("token", "cls", "mean")
 
@@ -33,7 +62,12 @@ def similarity(
             f"token/mask shapes disagree: video {tuple(video.shape)} vs {tuple(video_mask.shape)}, "
             f"text {tuple(text.shape)} vs {tuple(text_mask.shape)}"
         )
-    video_mask, text_mask = video_mask.bool(), text_mask.bool()
+    dtype = torch.promote_types(torch.promote_types(video.dtype, text.dtype), torch.float32)  # fp32, or fp64 if given
+    with exact_fp32(video.device):
+        return _similarity(video.to(dtype), video_mask.bool(), text.to(dtype), text_mask.bool(), kind, chunk_size)
+
+
+def _similarity(video, video_mask, text, text_mask, kind: str, chunk_size: int) -> torch.Tensor:
     if kind == "cls":
         return video[:, 0] @ text[:, 0].T
     if kind == "mean":

@@ -5,6 +5,12 @@
 
 An input is a video file (anything PyAV decodes: mp4, avi, mkv, ...) or a folder of frame images
 (PHOENIX-2014T style). Frames go through the same deterministic evaluation transform as in training.
+An input that cannot be read (missing, undecodable, or decoding to more than the decode limit: a tiny file
+claiming a huge video is refused before its frames are allocated) stops the command with an error naming
+its path (FileNotFoundError or ValueError).
+
+The model loads from a local directory only (`local_files_only`: a mistyped path is an error, never a
+download), from safetensors, with no code from the model directory.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ from sharded_data.transforms import VideoSample, VideoTransform, collate_videos
 
 
 def load_video(path: str | Path) -> np.ndarray:
-    """uint8 T x H x W x 3 from a video file or a frame directory; errors name the path."""
+    """uint8 T x H x W x 3 from a video file or a frame directory (within the decode limit); errors name the
+    path: OSError or ValueError (DecodeLimitError for a video that would decode too large)."""
     path = Path(path)
     if path.is_dir():
         pattern = frame_pattern(path)
@@ -32,14 +39,27 @@ def load_video(path: str | Path) -> np.ndarray:
         return FrameDirectorySource(name=str(path), text="", path=str(path), pattern=pattern).load_frames()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such video file or frame folder")
-    return read_video_file(path)
+    try:
+        return read_video_file(path)
+    except (OSError, ValueError):
+        raise
+    except Exception as error:  # PyAV's own error classes on a file that is not a video
+        raise ValueError(f"{path}: cannot decode video ({type(error).__name__}: {error})") from error
+
+
+def load_local_model(model_dir: str | Path) -> SignTranslationModel:
+    """The exported model of a local directory (never the Hub: a mistyped path must not turn into a download)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_dir}: no config.json there; give the directory that "
+                                f"recipe.convert_to_hf wrote (models load from local directories only)")
+    return SignTranslationModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
 
 
 class Translator:
     def __init__(self, model_dir: str | Path, num_beams: int = 5, max_new_tokens: int = 60, max_frames: int = 0,
                  device: str | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = SignTranslationModel.from_pretrained(model_dir).to(self.device).eval()
+        self.model = load_local_model(model_dir).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_dir)
         self.transform = VideoTransform(self.model.config.frame_size, max_frames or self.model.max_frames, train=False)
         self.num_beams, self.max_new_tokens = num_beams, max_new_tokens

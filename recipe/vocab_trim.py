@@ -3,11 +3,14 @@
     python -m recipe.vocab_trim --mbart MBART_DIR --texts train_sentences.txt --out TRIMMED_DIR
 
 mBART-large-50 has 250,054 tokens; a sign-language corpus uses a few thousand. Keeping only those
-(plus every special token) removes ~240M parameters from the embedding and LM head. Kept tokens keep
-their order, so the specials <s>,<pad>,</s>,<unk> stay at ids 0..3; their embedding rows, LM-head rows
-and logit biases are copied exactly. The tokenizer's unigram vocabulary is cut the same way; because
-every piece of the corpus's best segmentation is kept, the corpus encodes to the same pieces, and
-the tool checks that on every line before it finishes.
+(plus every special token and every language code: 52 rows in mBART-50, 25 in mBART-cc25, so any
+--src-lang/--tgt-lang still works after trimming) removes ~240M parameters from the embedding and LM
+head. Kept tokens keep their order, so the specials <s>,<pad>,</s>,<unk> stay at ids 0..3; their
+embedding rows, LM-head rows and logit biases are copied exactly, and token ids in the model and
+generation configs (decoder start, forced first token) are renumbered. The tokenizer's unigram
+vocabulary is cut the same way; because every piece of the corpus's best segmentation is kept, the
+corpus encodes to the same pieces, as a source and as a target, and the tool checks that on every line
+before it finishes.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, MBartForConditionalGeneration
+
+from recipe.tokenizer import language_codes
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,10 @@ def read_texts(path: Path) -> list[str]:
 
 
 def kept_token_ids(tokenizer, texts: list[str]) -> list[int]:
-    """Sorted ids the corpus uses, plus every special token."""
-    used = set(tokenizer.all_special_ids)
-    for ids in tokenizer(texts)["input_ids"]:
+    """Sorted ids the corpus uses (as a source and as a target), plus every special token and language code."""
+    used = set(tokenizer.all_special_ids) | set(language_codes(tokenizer).values())
+    encoded = tokenizer(texts, text_target=texts)
+    for ids in encoded["input_ids"] + encoded["labels"]:
         used.update(ids)
     return sorted(used)
 
@@ -124,13 +130,17 @@ def trim(mbart_dir: Path, texts: list[str], out_dir: Path) -> list[int]:
 
 
 def verify(original, trimmed, texts: list[str], kept: list[int]) -> None:
-    """Every corpus line must encode to the same tokens, renumbered."""
+    """Every corpus line must encode to the same tokens, renumbered, as a source and as a target; every
+    language code must survive under its name."""
     remap = {old: new for new, old in enumerate(kept)}
-    before = original(texts)["input_ids"]
-    after = trimmed(texts)["input_ids"]
-    for line, (old_ids, new_ids) in enumerate(zip(before, after), start=1):
-        if [remap[i] for i in old_ids] != new_ids:
-            raise RuntimeError(f"trimmed tokenizer encodes line {line} differently: {texts[line - 1]!r}")
+    expected = {code: remap.get(i) for code, i in language_codes(original).items()}
+    if expected != language_codes(trimmed):
+        raise RuntimeError(f"trimmed tokenizer lost or renumbered language codes: {expected} vs {language_codes(trimmed)}")
+    before, after = original(texts, text_target=texts), trimmed(texts, text_target=texts)
+    for side in ("input_ids", "labels"):
+        for line, (old_ids, new_ids) in enumerate(zip(before[side], after[side]), start=1):
+            if [remap[i] for i in old_ids] != new_ids:
+                raise RuntimeError(f"trimmed tokenizer encodes line {line} differently ({side}): {texts[line - 1]!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,10 @@ workers as a plain `SkipStats` dict, so the training loop reads one aggregated `
 
 WebDataset's own `warn_and_continue` sleeps 0.5 s per error and its DecodingError prints empty, so
 the tar-level handler is ours too (`TarErrorHandler`).
+
+Several ranks decide together (`RankAgreement`): each rank counts its own samples, but the limit is checked on
+the sum over ranks, at the same batch on every rank, so all of them stop on the same batch. A rank that stopped
+alone would leave the others waiting in their next collective (a hang, not an error).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ VIDEO_DECODE_ERROR = "video_decode_error"  # garbage bytes, unknown codec, bad n
 ZERO_FRAMES = "zero_frames"
 MISSING_TEXT = "missing_text"  # no txt member, or an empty / whitespace-only sentence
 TEXT_ENCODING_ERROR = "text_encoding_error"  # txt member is not UTF-8
-BAD_META = "bad_meta"  # json member missing or unreadable
+BAD_META = "bad_meta"  # json member missing, unreadable, of the wrong types, or disagreeing with the index
+VIDEO_TOO_LARGE = "video_too_large"  # would decode to more than the decode limit (refused before allocating)
 IMAGE_READ_ERROR = "image_read_error"  # an unreadable frame image (PNG loader)
 
 
@@ -103,6 +108,17 @@ def log_skip(skipped: SkippedSample) -> None:
     logger.warning("skipped sample %s in %s (%s): %s", skipped.key, skipped.where, skipped.cause, skipped.detail)
 
 
+def check_every_sample_read(stats: SkipStats, data_dir: str | os.PathLike) -> None:
+    """Evaluation scores every sample or none: raise TooManyBadSamples at the first one that could not be read."""
+    if stats.skipped:
+        causes = ", ".join(f"{cause}: {count}" for cause, count in sorted(stats.by_cause.items()))
+        raise TooManyBadSamples(
+            f"{data_dir}: {stats.skipped} sample(s) could not be read ({causes}; the warnings above name them), and "
+            f"an evaluation must cover every sample (a score on a subset is not comparable). Check the split with "
+            f"`python -m sharded_data.inspect {data_dir} --check` and rewrite the damaged shards."
+        )
+
+
 def check_bad_fraction(stats: SkipStats, limit: float, min_samples: int, data_dir: str | os.PathLike) -> None:
     """Raise TooManyBadSamples when more than `limit` of at least `min_samples` seen samples were skipped."""
     if stats.seen >= min_samples and stats.bad_fraction > limit:
@@ -132,3 +148,49 @@ class TarErrorHandler:
         self.stats.record_skip(TAR_READ_ERROR)
         log_skip(SkippedSample(where, "(rest of shard)", TAR_READ_ERROR, f"{type(error).__name__}: {message}"))
         return True
+
+
+class RankAgreement:
+    """One small all-reduce per batch so that every rank of a job sees the same bad-sample totals and stops
+    (limit reached, a rank failed, batch counts differ) on the same batch.
+
+    The counts travel over a gloo group (the default group on CPU; on GPU a gloo group made once, so this
+    never waits on the GPU's stream). Only for loaders that every rank iterates in lock-step.
+    """
+
+    _cpu_groups: dict = {}
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+
+    @classmethod
+    def for_job(cls, world_size: int | None = None) -> "RankAgreement | None":
+        """An agreement over the default process group, or None when there is none (or it has one rank, or
+        the loader was built for another `world_size` than the group's)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return None
+        if world_size is not None and world_size != dist.get_world_size():
+            return None
+        return cls(dist.get_world_size())
+
+    def _group(self):
+        import torch.distributed as dist
+
+        if dist.get_backend() == "gloo":
+            return None  # the default group
+        key = id(dist.group.WORLD)
+        if key not in self._cpu_groups:
+            self._cpu_groups[key] = dist.new_group(backend="gloo")  # collective: every rank gets here together
+        return self._cpu_groups[key]
+
+    def combine(self, stats: SkipStats, failed: bool = False, finished: bool = False) -> tuple[SkipStats, int, int]:
+        """(totals over ranks, ranks that failed, ranks that finished). Collective: every rank calls it."""
+        import torch
+        import torch.distributed as dist
+
+        values = torch.tensor([stats.seen, stats.skipped, int(failed), int(finished)], dtype=torch.int64)
+        dist.all_reduce(values, group=self._group())
+        seen, skipped, failures, finishes = values.tolist()
+        return SkipStats(seen, skipped, Counter(stats.by_cause)), failures, finishes

@@ -8,13 +8,24 @@ One sample per video, stored as WebDataset members that plain `tar` and `webdata
                                    gloss sequence and meaning id where the corpus has them)
 
 A split S of a shard directory is `shards-S-000000.tar`, `shards-S-000001.tar`, ... plus `index-S.json`,
-which lists the shards and, per sample, where its members start in its shard. That byte offset is what
-random access by sample id (the Pair Selection sampler chooses batch members) needs.
+which lists the shards (name, samples, bytes, SHA-256) and, per sample, where its members start in its shard.
+That byte offset is what random access by sample id (the Pair Selection sampler chooses batch members) needs.
+
+Nothing read here is trusted further than it can be checked (shards come from disks, copies and other people):
+- a shard name in an index is a plain file name inside the shard directory (never a path or a `pipe:` URL);
+- per-sample json is type- and range-checked (`SampleMeta.from_json_bytes`);
+- a video is never decoded into more than `max_decoded_bytes` (default DEFAULT_MAX_DECODED_BYTES): the size is
+  checked from the container's or the npy header's claims before anything is allocated, and again while
+  frames are decoded one by one (claims can lie). A decode holds at most about twice that bound at its peak
+  (the decoded frames and their stacked copy).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -26,7 +37,40 @@ import numpy as np
 VIDEO_FORMATS = ("mp4", "npy")
 SIZE_TAG = "scl-slt-size="
 VIDEO_EXTENSIONS = {"mp4": "mp4", "npy": "frames.npy"}
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: shards carry their size and SHA-256. Version 1 indexes (without them) are still read.
+READABLE_INDEX_VERSIONS = (1, 2)
+# A shard named in an index must be a plain file name: webdataset opens `pipe:CMD` as a shell command and
+# `http://...` as a download, and a path with a separator could point anywhere.
+SHARD_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.tar$")
+
+# Decoded video bound (uint8 T x H x W x 3, plus a per-frame allowance for the Python objects around each
+# frame). 2 GiB holds 3,000 PHOENIX frames (210x260) or 2,700 CSL-Daily frames (512x512), ~10x the longest
+# video of either corpus, and refuses a 1080p video longer than ~5 minutes at 25 fps. Raise it with
+# `--max-decoded-gib` (writer) or ReaderConfig.max_decoded_bytes for corpora of long high-resolution videos.
+DEFAULT_MAX_DECODED_BYTES = 2 * 1024**3
+FRAME_OVERHEAD_BYTES = 512
+
+
+class DecodeLimitError(ValueError):
+    """A video that would decode to more bytes than allowed (refused before its frames are allocated)."""
+
+
+def decoded_bytes(num_frames: int, height: int, width: int) -> int:
+    """Bytes that num_frames RGB frames of height x width take once decoded (what the bound counts)."""
+    return int(num_frames) * (int(height) * int(width) * 3 + FRAME_OVERHEAD_BYTES)
+
+
+def check_decoded_size(num_frames: int, height: int, width: int, max_bytes: int, where: str, claim: str = "") -> None:
+    """Raise DecodeLimitError when num_frames x height x width RGB frames would exceed max_bytes."""
+    if min(num_frames, height, width) < 0:
+        raise ValueError(f"{where}: negative video size {num_frames} x {height} x {width}{claim}")
+    needed = decoded_bytes(num_frames, height, width)
+    if needed > max_bytes:
+        raise DecodeLimitError(
+            f"{where}: {num_frames} frames of {height}x{width}{claim} would take {needed / 2**20:.0f} MiB decoded, "
+            f"more than the {max_bytes / 2**20:.0f} MiB allowed; a video this large is damaged or hostile, or needs "
+            f"a higher limit (--max-decoded-gib when writing, ReaderConfig.max_decoded_bytes when reading)"
+        )
 
 
 def sample_key(split: str, sample_id: int) -> str:
@@ -77,9 +121,45 @@ class SampleMeta:
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> "SampleMeta":
+        """Parse and validate a json member; ValueError naming the field when a type or range is wrong.
+
+        A shard is data, not code we wrote: `sample_id="x"`, `sentence_id=[1]` or `n_frames=-5` would otherwise
+        crash a collate hours into a run, or silently pair a video with another sentence's id.
+        """
         fields = json.loads(data.decode("utf-8"))
-        return cls(**{name: fields[name] for name in cls.__dataclass_fields__
-                      if name in fields or name not in OPTIONAL_META_FIELDS})
+        if not isinstance(fields, dict):
+            raise ValueError(f"expected a JSON object, got {type(fields).__name__}")
+        missing = [name for name in cls.__dataclass_fields__ if name not in fields and name not in OPTIONAL_META_FIELDS]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
+        meta = cls(**{name: fields[name] for name in cls.__dataclass_fields__ if name in fields})
+        meta.validate()
+        return meta
+
+    def validate(self) -> None:
+        for name in ("sample_id", "sentence_id", "n_frames"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.n_frames < 1:
+            raise ValueError(f"n_frames must be at least 1, got {self.n_frames!r}")
+        if not _is_number(self.fps) or not math.isfinite(self.fps) or self.fps <= 0:
+            raise ValueError(f"fps must be a positive number, got {self.fps!r}")
+        for name in ("signer", "source", "split", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.gloss is not None and not isinstance(self.gloss, str):
+            raise ValueError(f"gloss must be a string or absent, got {self.gloss!r}")
+        if self.meaning_id is not None and (not _is_int(self.meaning_id) or self.meaning_id < 0):
+            raise ValueError(f"meaning_id must be a non-negative integer or absent, got {self.meaning_id!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------------------- video codec
@@ -121,7 +201,9 @@ def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         # Sign videos are short: no B-frame reordering keeps decode simple; crf 18 is visually lossless.
-        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0"}
+        # cabac=0 (CAVLC entropy coding): ~1.4x faster to decode at 224 px for ~5% more bytes and the same
+        # pixels; decoding is what feeds the GPUs (benchmarks/results/data.md, "Feeding a GPU").
+        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0", "x264-params": "cabac=0"}
         # The true size is kept in the container metadata so decode can undo the padding.
         container.metadata["comment"] = f"{SIZE_TAG}{width}x{height}"
         for frame in frames:
@@ -132,18 +214,47 @@ def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
     return buffer.getvalue()
 
 
-def decode_video(extension: str, data: bytes) -> np.ndarray:
-    """Decode a video member into uint8 T x H x W x 3. Raises ValueError on anything unreadable."""
+def decode_video(extension: str, data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
+    """Decode a video member into uint8 T x H x W x 3. Raises ValueError on anything unreadable, and
+    DecodeLimitError (a ValueError) when it would decode to more than `max_decoded_bytes`."""
     if extension == VIDEO_EXTENSIONS["npy"] or extension == "npy":
-        frames = np.load(io.BytesIO(data), allow_pickle=False)
-        return check_frames(frames, "frames.npy member")
+        return check_frames(load_npy_frames(data, max_decoded_bytes), "frames.npy member")
     if extension == "mp4":
-        return check_frames(decode_mp4_bytes(data), "mp4 member")
+        return check_frames(decode_mp4_bytes(data, max_decoded_bytes), "mp4 member")
     raise ValueError(f"unknown video member extension {extension!r}")
 
 
-def decode_rgb_frames(container, stream) -> list[np.ndarray]:
-    """Every frame of `stream` as uint8 H x W x 3 RGB.
+def load_npy_frames(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
+    """A raw `.frames.npy` member, with its header checked before any allocation.
+
+    np.load allocates the shape its header claims before reading the data, so a 100-byte member claiming
+    10^5 frames of 1080p would allocate ~600 GiB. Here the shape, dtype and data length are checked first.
+    """
+    from numpy.lib import format as npy
+
+    buffer = io.BytesIO(data)
+    version = npy.read_magic(buffer)
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f"npy format version {version} is not supported (expected 1.0 or 2.0)")
+    shape, fortran_order, dtype = readers[version](buffer)
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames of shape T x H x W x 3, the header says {dtype} {shape}")
+    check_decoded_size(shape[0], shape[1], shape[2], max_decoded_bytes, "frames.npy member", " (npy header)")
+    start, count = buffer.tell(), math.prod(shape)
+    if len(data) - start != count:
+        raise ValueError(f"the header says {count} bytes of frames, the member holds {len(data) - start}")
+    frames = np.frombuffer(data, dtype=np.uint8, count=count, offset=start)
+    return frames.reshape(shape, order="F" if fortran_order else "C").copy()  # writable, C-ordered
+
+
+def decode_rgb_frames(container, stream, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                      where: str = "video") -> list[np.ndarray]:
+    """Every frame of `stream` as uint8 H x W x 3 RGB, within `max_decoded_bytes`.
+
+    The size the container claims (frame count, or duration x rate, times the frame size) is checked before
+    decoding; then frames are decoded one at a time and counted, so a container that understates its length
+    is stopped as soon as it passes the bound, never after.
 
     One VideoReformatter for the whole video: `frame.to_ndarray(format="rgb24")` builds a new swscale context
     for every frame, which at 64x64 costs 4x the decoding itself (bit-identical output either way;
@@ -151,18 +262,40 @@ def decode_rgb_frames(container, stream) -> list[np.ndarray]:
     """
     from av.video.reformatter import VideoReformatter
 
+    height, width = stream.codec_context.height, stream.codec_context.width
+    claimed = claimed_frame_count(container, stream)
+    check_decoded_size(claimed, height, width, max_decoded_bytes, where, " (container metadata)")
     to_rgb = VideoReformatter()
-    return [to_rgb.reformat(frame, format="rgb24").to_ndarray() for frame in container.decode(stream)]
+    frames, used = [], 0
+    for frame in container.decode(stream):
+        used += decoded_bytes(1, frame.height, frame.width)
+        if used > max_decoded_bytes:
+            check_decoded_size(len(frames) + 1, frame.height, frame.width, max_decoded_bytes, where,
+                               f" (decoded so far; the container claimed {claimed})")
+        frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
+    return frames
 
 
-def decode_mp4_bytes(data: bytes) -> np.ndarray:
+def claimed_frame_count(container, stream) -> int:
+    """Frames the container says the stream has (its frame count, else duration x frame rate; 0 if silent)."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if rate and stream.duration and stream.time_base:
+        return int(stream.duration * stream.time_base * rate)
+    if rate and container.duration:
+        return int(container.duration / 1_000_000 * rate)  # container.duration is in microseconds
+    return 0
+
+
+def decode_mp4_bytes(data: bytes, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     import av
 
     with av.open(io.BytesIO(data), mode="r") as container:
         size = container.metadata.get("comment", "")
         # One decoding thread: this runs inside DataLoader workers that already occupy the cores
         # (codec threads measured 1.45x slower at 64x64, no faster at 224x224).
-        decoded = decode_rgb_frames(container, container.streams.video[0])
+        decoded = decode_rgb_frames(container, container.streams.video[0], max_decoded_bytes, "mp4 member")
     if not decoded:
         raise ValueError("mp4 member holds no decodable frame")
     frames = np.stack(decoded)
@@ -172,14 +305,14 @@ def decode_mp4_bytes(data: bytes) -> np.ndarray:
     return frames
 
 
-def read_video_file(path: str | os.PathLike) -> np.ndarray:
+def read_video_file(path: str | os.PathLike, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> np.ndarray:
     """Any video file PyAV can open (mp4, avi, mkv; H.264, MPEG-4 part 2, ...) -> uint8 T x H x W x 3."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        decoded = decode_rgb_frames(container, stream)
+        decoded = decode_rgb_frames(container, stream, max_decoded_bytes, str(path))
     if not decoded:
         raise ValueError(f"{path}: no decodable video frame")
     return np.stack(decoded)
@@ -192,6 +325,11 @@ def read_video_file(path: str | os.PathLike) -> np.ndarray:
 class ShardInfo:
     name: str
     num_samples: int
+    bytes: int | None = None  # size of the tar; None in version-1 indexes
+    sha256: str | None = None  # of the tar's bytes; checked by `inspect --check` and by a resumed write
+
+    def __post_init__(self) -> None:
+        check_shard_name(self.name)
 
 
 @dataclass
@@ -231,20 +369,39 @@ class ShardIndex:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "index") -> "ShardIndex":
-        if data.get("version") != INDEX_VERSION:
-            raise ValueError(f"{where}: index version {data.get('version')} is not {INDEX_VERSION}; rewrite the shards")
+        if not isinstance(data, dict) or data.get("version") not in READABLE_INDEX_VERSIONS:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise ValueError(f"{where}: index version {version} is not one of {READABLE_INDEX_VERSIONS}; rewrite the shards")
         columns = ("sample_id", "shard", "offset", "size", "sentence_id", "n_frames", "signer", "text")
+        absent = [name for name in ("split", "video_format", "shards", *columns) if name not in data]
+        if absent:
+            raise ValueError(f"{where}: missing {', '.join(absent)}; the index is corrupt, rewrite the shards")
+        if not all(isinstance(data[name], list) for name in ("shards", *columns)):
+            raise ValueError(f"{where}: shards and per-sample columns must be lists; the index is corrupt")
         lengths = {name: len(data[name]) for name in columns}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"{where}: per-sample columns have different lengths {lengths}; the index is corrupt")
         if data["sample_id"] != list(range(len(data["sample_id"]))):
             raise ValueError(f"{where}: sample ids are not 0..N-1 in order; the index is corrupt")
-        return cls(
-            split=data["split"],
-            video_format=data["video_format"],
-            shards=[ShardInfo(**info) for info in data["shards"]],
-            **{name: data[name] for name in columns},
-        )
+        try:
+            shards = [ShardInfo(**info) for info in data["shards"]]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: {error}") from None
+        for name in ("shard", "offset", "size", "sentence_id", "n_frames"):
+            if not all(_is_int(value) and value >= 0 for value in data[name]):
+                raise ValueError(f"{where}: column {name} holds a value that is not a non-negative integer; "
+                                 f"the index is corrupt, rewrite the shards")
+        if any(position >= len(shards) for position in data["shard"]):
+            raise ValueError(f"{where}: a sample points at a shard the index does not list; the index is corrupt")
+        return cls(split=data["split"], video_format=data["video_format"], shards=shards,
+                   **{name: data[name] for name in columns})
+
+    def shard_end(self) -> list[int]:
+        """Per shard, the byte where its last indexed sample ends (a shard shorter than this is truncated)."""
+        ends = [0] * len(self.shards)
+        for shard, offset, size in zip(self.shard, self.offset, self.size):
+            ends[shard] = max(ends[shard], offset + size)
+        return ends
 
 
 def load_index(shard_dir: str | os.PathLike, split: str) -> ShardIndex:
@@ -259,12 +416,77 @@ def load_index(shard_dir: str | os.PathLike, split: str) -> ShardIndex:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg}); rewrite the shards") from error
-    return ShardIndex.from_dict(data, where=str(path))
+    index = ShardIndex.from_dict(data, where=str(path))
+    if index.split != split:
+        raise ValueError(f"{path}: holds split {index.split!r}, not {split!r}; the index is corrupt, rewrite the shards")
+    return index
+
+
+class ShardFilesError(FileNotFoundError):
+    """Indexed shards that are missing or shorter than the index says: an error before any compute, never a
+    quiet loss of samples (which would, e.g., score dev BLEU on a subset)."""
+
+
+def check_shard_name(name: str) -> None:
+    if not isinstance(name, str) or not SHARD_FILE_NAME.match(name):
+        raise ValueError(f"shard name {name!r} is not a plain file name ending in .tar (no path, no URL such as "
+                         f"pipe:...); an index may only name shards inside its own directory")
+
+
+def verify_shard_files(shard_dir: str | os.PathLike, index: ShardIndex) -> None:
+    """Every shard of the index exists and has its recorded size (or, for version-1 indexes, reaches the end of
+    its last sample). Raises ShardFilesError listing every bad one. Sizes only: checksums are `inspect --check`'s."""
+    problems = []
+    for info, end in zip(index.shards, index.shard_end()):
+        path = Path(shard_dir) / info.name
+        try:
+            size = path.stat().st_size if path.is_file() else None
+        except OSError:
+            size = None
+        if size is None:
+            problems.append(f"{info.name}: missing")
+        elif info.bytes is not None and size != info.bytes:
+            problems.append(f"{info.name}: {size} bytes, the index records {info.bytes}")
+        elif size < end:
+            problems.append(f"{info.name}: {size} bytes, its samples reach byte {end}")
+    if problems:
+        listed = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ShardFilesError(
+            f"{shard_dir} split {index.split!r}: {len(problems)} of {len(index.shards)} shards are missing or have the "
+            f"wrong size ({listed}). Copy them again from the original, or rewrite the corpus (a write re-run into its "
+            f"folder redoes damaged shards); `python -m sharded_data.inspect {shard_dir} --check` lists every problem"
+        )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or a directory's entries (a rename is durable only once its directory is synced), to disk.
+    File systems that cannot sync a directory (some FUSE and network mounts say EINVAL) are left as they are."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF) or not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON so that a reader never sees a half-written file (write a temporary file, then rename)."""
+    """Write JSON so that a reader never sees a half-written file, and a crash right after never loses it
+    (temporary file, fsync, rename, fsync of the directory)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, ensure_ascii=False, indent=1))
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_path(path.parent)

@@ -3,9 +3,11 @@
     python -m sharded_data.inspect DIR [--split S] [--samples N] [--check]
     python -m sharded_data.inspect DIR --pairs [--split S]     # pair statistics (sharded_data.pair_stats)
 
-`--check` reads every shard member by member, decodes every video, and compares what it finds with the
-index (keys, byte offsets, sizes, frame counts, texts, sentence ids). It lists each bad sample as
-(shard, key, cause) and exits with code 1 if there is any.
+`--check` compares every shard's size and SHA-256 with the index, reads every shard member by member, decodes
+every video, and compares what it finds with the index (keys, byte offsets, sizes, frame counts, texts, sentence
+ids). It lists each problem as (shard, key, cause; key "-" for the whole shard) and exits with code 1 if there is
+any. It trusts nothing it reads: a member whose header claims more bytes than the shard holds is reported, not
+read, and videos are decoded within the decode limit (format.DEFAULT_MAX_DECODED_BYTES).
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from pathlib import Path
 from sharded_data.format import (
     SampleMeta,
     ShardIndex,
+    ShardInfo,
     corpus_path,
     decode_video,
+    file_sha256,
     load_index,
     sample_key,
 )
@@ -82,6 +86,9 @@ def check_split(shard_dir: str | Path, split: str) -> list[BadSample]:
     bad: list[BadSample] = []
     for shard_position, info in enumerate(index.shards):
         expected = {sample_key(split, i): i for i, s in enumerate(index.shard) if s == shard_position}
+        problem = _check_shard_file(Path(shard_dir) / info.name, info)
+        if problem:
+            bad.append(BadSample(info.name, "-", problem))
         found = _check_shard(Path(shard_dir) / info.name, split, index, expected, bad)
         for key in sorted(set(expected) - found):
             bad.append(BadSample(info.name, key, "listed in the index but not found in the shard"))
@@ -91,17 +98,33 @@ def check_split(shard_dir: str | Path, split: str) -> list[BadSample]:
     return bad
 
 
+def _check_shard_file(path: Path, info: ShardInfo) -> str | None:
+    """The whole shard against its index entry: present, of the recorded size, with the recorded SHA-256."""
+    if not path.is_file():
+        return "shard file missing"
+    size = path.stat().st_size
+    if info.bytes is not None and size != info.bytes:
+        return f"shard is {size} bytes, the index records {info.bytes}"
+    if info.sha256 and file_sha256(path) != info.sha256:
+        return "shard's SHA-256 differs from the index's (damaged or replaced after it was written)"
+    return None
+
+
 def _check_shard(path: Path, split: str, index: ShardIndex, expected: dict[str, int], bad: list[BadSample]) -> set[str]:
     """Walk one tar member by member; add what is wrong to `bad`; return the keys seen complete."""
     groups: dict[str, dict[str, tuple[int, int, bytes]]] = {}
     order: list[str] = []
     if not path.is_file():
-        bad.append(BadSample(path.name, "-", "shard file missing"))
-        return set()
+        return set()  # reported by _check_shard_file
+    file_size = path.stat().st_size
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
                 key, _, extension = member.name.partition(".")
+                if member.offset_data + member.size > file_size:  # a header may claim a TiB: never read it
+                    bad.append(BadSample(path.name, key, f"member {member.name} claims {member.size} bytes, past the "
+                                                         f"end of the {file_size}-byte shard"))
+                    break
                 if key not in groups:
                     groups[key], order = {}, order + [key]
                 data = tar.extractfile(member).read() if member.isfile() else b""

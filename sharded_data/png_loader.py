@@ -18,18 +18,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from sharded_data.bad_samples import IMAGE_READ_ERROR, MISSING_TEXT, ZERO_FRAMES, SkippedSample
-from sharded_data.format import normalize_text, sample_key
-from sharded_data.reader import (
-    EntryBatches,
-    IndexedCollate,
-    ReaderConfig,
-    VideoLoader,
-    dataloader_kwargs,
-    derive_seed,
-)
+from sharded_data.bad_samples import IMAGE_READ_ERROR, MISSING_TEXT, VIDEO_TOO_LARGE, ZERO_FRAMES, SkippedSample
+from sharded_data.format import DEFAULT_MAX_DECODED_BYTES, DecodeLimitError, normalize_text, sample_key
+from sharded_data.indexed import EntryBatches, IndexedCollate
+from sharded_data.loader import VideoLoader, dataloader_kwargs, derive_seed
+from sharded_data.reader_config import ReaderConfig
+from sharded_data.sources import FrameDirectorySource, decode_limit
 from sharded_data.transforms import VideoSample, VideoTransform
-from sharded_data.sources import FrameDirectorySource
 
 
 @dataclass
@@ -46,8 +41,10 @@ class PngFrameDataset(Dataset):
     """dataset[i] -> VideoSample read frame by frame with PIL, or SkippedSample when it cannot be read."""
 
     def __init__(self, videos: list[PngVideo], transform: VideoTransform, split: str = "train",
-                 data_dir: str = "", seed: int = 0, epoch: int = 0):
+                 data_dir: str = "", seed: int = 0, epoch: int = 0,
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES):
         self.videos = videos
+        self.max_decoded_bytes = max_decoded_bytes
         self.transform = transform
         self.split = split
         self.data_dir = data_dir or (str(Path(videos[0].folder).parent) if videos else "")
@@ -78,20 +75,25 @@ class PngFrameDataset(Dataset):
         video = self.videos[index]
         key = sample_key(self.split, index)
         try:
-            frames = read_frame_folder(video.folder, video.pattern)
+            frames = read_frame_folder(video.folder, video.pattern, self.max_decoded_bytes)
         except OSError as error:  # PIL raises OSError subclasses (UnidentifiedImageError) on bad images
             return SkippedSample(video.folder, key, IMAGE_READ_ERROR, str(error))
-        except ValueError as error:
-            return SkippedSample(video.folder, key, ZERO_FRAMES, str(error))
+        except DecodeLimitError as error:
+            return SkippedSample(video.folder, key, VIDEO_TOO_LARGE, str(error))
+        except ValueError as error:  # no frame, frames of different sizes, a decompression bomb
+            cause = ZERO_FRAMES if "no frame matches" in str(error) else IMAGE_READ_ERROR
+            return SkippedSample(video.folder, key, cause, str(error))
         if not video.text.strip():
             return SkippedSample(video.folder, key, MISSING_TEXT, "empty target sentence")
         rng = random.Random(derive_seed(self.seed, self.epoch, index)) if self.transform.train else None
         return VideoSample(self.transform(frames, rng), video.text.strip(), index, video.sentence_id, key, valid)
 
 
-def read_frame_folder(folder: str | os.PathLike, pattern: str = "*.png") -> torch.Tensor:
+def read_frame_folder(folder: str | os.PathLike, pattern: str = "*.png",
+                      max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> torch.Tensor:
     """uint8 [T, H, W, 3] from a folder of images, in file-name order, one PIL open per frame."""
-    return torch.from_numpy(FrameDirectorySource(name=str(folder), text="", path=str(folder), pattern=pattern).load_frames())
+    with decode_limit(max_decoded_bytes):
+        return torch.from_numpy(FrameDirectorySource(name=str(folder), text="", path=str(folder), pattern=pattern).load_frames())
 
 
 def make_png_loader(dataset: PngFrameDataset, batch_size: int, cfg: ReaderConfig, shuffle: bool) -> VideoLoader:
@@ -100,4 +102,4 @@ def make_png_loader(dataset: PngFrameDataset, batch_size: int, cfg: ReaderConfig
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     batches = EntryBatches(BatchSampler(sampler, batch_size, drop_last=shuffle), batch_size)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=IndexedCollate(dataset, cfg.normalize), **dataloader_kwargs(cfg))
-    return VideoLoader(loader, len(batches), dataset.data_dir, cfg)
+    return VideoLoader(loader, len(batches), dataset.data_dir, cfg, world_size=1)

@@ -16,20 +16,27 @@ encode whole shards. Three layouts are read here:
   caller says it trusts the file (`trust_pickle=True`, `--trust-pickle`). `convert_csl_pickle` turns it
   into the plain label file once.
 
-Every layout error names the file, the line and the fix.
+Every layout error names the file, the line and the fix. Names read from PHOENIX and CSL-Daily annotation
+files must stay inside ROOT (no absolute path, no `..`): those files come with the data, not from the user.
+(A manifest is the user's own file: its paths may point anywhere, relative or absolute.)
+
+Loading is bounded: the built-in sources refuse a video whose decoded frames would exceed the decode limit
+(`decode_limit`, default format.DEFAULT_MAX_DECODED_BYTES) before allocating them, and turn PIL's
+DecompressionBombError (not an OSError) into the same ValueError as any other unreadable frame.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
-from sharded_data.format import check_frames, read_video_file
+from sharded_data.format import DEFAULT_MAX_DECODED_BYTES, check_decoded_size, check_frames, read_video_file
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,22 @@ CSL_FPS = 30.0
 
 class LayoutError(ValueError):
     """A manifest, annotation or split file that cannot be turned into sources (message names file and line)."""
+
+
+# The decode bound of the built-in sources. Not a dataclass field: a source's repr is the writer's fingerprint of
+# the corpus, and a memory bound does not change what a video holds.
+_max_decoded_bytes = DEFAULT_MAX_DECODED_BYTES
+
+
+@contextlib.contextmanager
+def decode_limit(max_decoded_bytes: int):
+    """Within the block, the built-in sources refuse videos that decode to more than `max_decoded_bytes`."""
+    global _max_decoded_bytes
+    previous, _max_decoded_bytes = _max_decoded_bytes, int(max_decoded_bytes)
+    try:
+        yield
+    finally:
+        _max_decoded_bytes = previous
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -91,7 +114,7 @@ class VideoFileSource(VideoSource):
 
     def load_frames(self) -> np.ndarray:
         try:
-            return read_video_file(self.path)
+            return read_video_file(self.path, _max_decoded_bytes)
         except ValueError:
             raise
         except Exception as error:  # PyAV raises its own error classes (subclasses of OSError/ValueError vary)
@@ -109,21 +132,31 @@ class FrameDirectorySource(VideoSource):
     pattern: str = "*.png"
 
     def load_frames(self) -> np.ndarray:
+        """All frames in one preallocated array, its size checked from the first image's header (before any
+        pixel is decoded) against the decode limit."""
         from PIL import Image
 
         files = sorted(Path(self.path).glob(self.pattern))
         if not files:
             raise ValueError(f"{self.path}: no frame matches {self.pattern!r}")
-        frames = []
-        for file in files:
+        frames = None
+        for position, file in enumerate(files):
             try:
-                with Image.open(file) as image:
-                    frames.append(np.asarray(image.convert("RGB")))
+                with Image.open(file) as image:  # reads the header only; pixels are decoded by convert()
+                    if frames is None:
+                        width, height = image.size
+                        check_decoded_size(len(files), height, width, _max_decoded_bytes, self.path,
+                                           f" ({file.name} and {len(files) - 1} more images)")
+                        frames = np.empty((len(files), height, width, 3), np.uint8)
+                    if image.size != (frames.shape[2], frames.shape[1]):
+                        raise ValueError(f"{file}: frame size {image.size[::-1]} differs from {files[0].name} "
+                                         f"{frames.shape[1:3]}")
+                    frames[position] = np.asarray(image.convert("RGB"))
+            except Image.DecompressionBombError as error:  # not an OSError: would escape every handler
+                raise ValueError(f"{file}: refused as a decompression bomb ({error})") from None
             except OSError as error:
                 raise OSError(f"{file}: cannot read frame image ({error})") from error
-            if frames[-1].shape != frames[0].shape:
-                raise ValueError(f"{file}: frame size {frames[-1].shape[:2]} differs from {files[0].name} {frames[0].shape[:2]}")
-        return check_frames(np.stack(frames), self.path)
+        return check_frames(frames, self.path)
 
     def location(self) -> str:
         return self.path
@@ -260,22 +293,34 @@ def phoenix_sources(root: str | os.PathLike, splits=PHOENIX_SPLITS) -> dict[str,
             continue
         out[split] = []
         for line_number, row in _pipe_rows(corpus, ("name", "speaker", "translation")):
+            where = f"{corpus}:{line_number}"
+            name = _inside_root(row["name"], "name", where)
             # The -T release keeps frames in {split}/NAME/; the `video` column (NAME/1/*.png) is the older
             # PHOENIX-2014 layout, accepted too.
-            candidates = [root / PHOENIX_FRAMES / split / row["name"]]
-            if row.get("video"):
-                candidates.append(root / PHOENIX_FRAMES / split / Path(row["video"].strip()).parent)
+            candidates = [root / PHOENIX_FRAMES / split / name]
+            if row.get("video", "").strip():
+                candidates.append(root / PHOENIX_FRAMES / split / _inside_root(row["video"], "video", where).parent)
             folder = next((c for c in candidates if next(c.glob("*.png"), None) is not None), None)
             if folder is None:
                 raise LayoutError(f"{corpus}:{line_number}: frame folder {candidates[0]} is missing or holds no png; "
                                   f"the release keeps frames under ROOT/{PHOENIX_FRAMES}/{split}/NAME/")
             out[split].append(FrameDirectorySource(
-                name=f"{split}/{row['name']}", text=row["translation"].strip(), signer=row["speaker"].strip(),
+                name=f"{split}/{name}", text=row["translation"].strip(), signer=row["speaker"].strip(),
                 fps=PHOENIX_FPS, path=str(folder), pattern="*.png", gloss=(row.get("orth") or "").strip() or None))
     if not out:
         raise LayoutError(f"{root}: no PHOENIX-2014T corpus file found under {root / PHOENIX_ANNOTATIONS} "
                           f"(expected PHOENIX-2014-T.{{train,dev,test}}.corpus.csv); is ROOT the release folder?")
     return out
+
+
+def _inside_root(value: str, column: str, where: str) -> PurePath:
+    """A name from an annotation file as a relative path that cannot leave the folder it is joined to."""
+    value = value.strip()
+    path = PurePath(value)
+    if not path.parts or path.is_absolute() or ".." in path.parts or "\\" in value:  # "" has no parts
+        raise LayoutError(f"{where}: {column} {value!r} is not a plain name inside ROOT (absolute paths and '..' are "
+                          f"refused: an annotation file must not make the writer read outside the corpus); fix the line")
+    return path
 
 
 def _pipe_rows(path: Path, required: tuple[str, ...]):
@@ -314,7 +359,7 @@ def csl_daily_sources(root: str | os.PathLike, labels: str | os.PathLike | None 
         raise LayoutError(f"{split_file}: CSL-Daily split file missing (lines `name|split`, header `Name|split`)")
     out: dict[str, list[VideoSource]] = {}
     for line_number, row in _pipe_rows(split_file, ("name", "split")):
-        name = row["name"].strip()
+        name = str(_inside_root(row["name"], "name", f"{split_file}:{line_number}"))
         if name not in label_rows:
             raise LayoutError(f"{split_file}:{line_number}: {name} has no label in {label_rows.origin}; "
                               f"add a line `{name}|TEXT|SIGNER` or remove it from the split file")

@@ -22,14 +22,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch.utils.data import get_worker_info
 
-if TYPE_CHECKING:
-    from sharded_data.reader import ReaderConfig
+from sharded_data.reader_config import ReaderConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,7 +68,7 @@ class VideoTransform:
         self.eval_crop = eval_crop
 
     @classmethod
-    def from_config(cls, cfg: "ReaderConfig", train: bool) -> "VideoTransform":
+    def from_config(cls, cfg: ReaderConfig, train: bool) -> "VideoTransform":
         return cls(
             frame_size=cfg.frame_size,
             max_frames=cfg.max_frames,

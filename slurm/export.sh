@@ -8,7 +8,8 @@
 #
 # Knobs (environment variables):
 #   RUN           finetuning (or pretraining) run directory                                  [required]
-#   HF_OUT        output directory (default RUN/hf)
+#   HF_OUT        output directory (default RUN/hf); must be new, empty or a previous export: the
+#                 converter refuses anything else (HF_OUT=$RUN would otherwise replace the run)
 #   TAG           checkpoint tag to export (default: the run's latest)
 #   CHECK_VIDEOS  space-separated videos (or frame folders) to translate with the exported model, as
 #                 a smoke test of the export (default: none)

@@ -17,10 +17,14 @@
 #   EXTRA_ARGS             more flags for recipe/finetune.py, e.g. "--lr 5e-5 --label-smoothing 0.2"
 #   GPUS_PER_NODE, CPU, PYTHON, MAX_REQUEUES, DRY_RUN: as in slurm/pretrain.sh and slurm/lib/launch.sh
 #
+# Resources: whole nodes, as slurm/pretrain.sh explains (the loaders need the node's CPUs and memory).
+#
 #SBATCH --job-name=scl-finetune
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --mem=0
 #SBATCH --time=12:00:00
 #SBATCH --output=slurm/logs/%x-%j.out
 #SBATCH --open-mode=append

@@ -164,6 +164,11 @@ def _worker(rank: int, world_size: int, samples: dict) -> dict:
         results["uneven_error"] = None
     except ValueError as error:
         results["uneven_error"] = str(error)
+    # Validity flags travel with the gather (rank 1's last row is padding).
+    features = ContrastiveFeatures(torch.randn(2, 2, EMBED), torch.ones(2, 2, dtype=torch.bool),
+                                   torch.randn(2, 2, EMBED), torch.ones(2, 2, dtype=torch.bool))
+    batch = gather_features(features, torch.arange(2), torch.arange(2), valid=torch.tensor([True, rank == 0]))
+    results["valid"] = (batch.local_valid, batch.valid)
     return results
 
 
@@ -209,6 +214,13 @@ def test_selection_reports_the_kept_fraction_on_each_rank(distributed_results):
         torch.testing.assert_close(out["token_selection"]["kept_negative_fraction"], expected.float())
         assert 0 < expected < 1
         assert out["token"]["kept_negative_fraction"] == 1.0
+
+
+def test_validity_flags_are_gathered(distributed_results):
+    _, per_rank = distributed_results
+    for rank, out in enumerate(per_rank):
+        local, everyone = out["valid"]
+        assert local.tolist() == [True, rank == 0] and everyone.tolist() == [True, True, True, False]
 
 
 def test_uneven_batches_across_ranks_are_refused(distributed_results):
@@ -315,6 +327,24 @@ def test_temperature_scales_the_logits_and_gets_a_gradient():
     assert logit_scale.grad is not None and logit_scale.grad != 0
 
 
+@pytest.mark.parametrize("same_sentence", ["mask", "positive", "negative"])
+def test_padding_rows_are_never_negatives_nor_rows_of_the_loss(same_sentence):
+    """A batch with a padding row (the loader's valid=False copy of sample 1: same sample and sentence ids) gives
+    exactly the loss of the batch without it, in every same-sentence mode. (Broken variant tried: the validity
+    flags ignored: under `negative` the copy is a negative of row 1, a clip pushed away from itself, and the
+    losses differ in every mode since the copy's own row counts.)"""
+    matrix = torch.randn(4, 4, generator=torch.Generator().manual_seed(8))
+    matrix[3], matrix[:, 3] = matrix[1], matrix[:, 1]  # the copy's video and text are sample 1's
+    matrix[3, 3] = matrix[1, 1]
+    sample_ids, sentences = torch.tensor([10, 11, 12, 11]), torch.tensor([7, 8, 7, 8])
+    padded = ContrastiveLoss("token", same_sentence, similarity_fn=_fixed_similarity(matrix))(
+        _features(4), torch.tensor(0.5), sample_ids, sentences, valid=torch.tensor([True, True, True, False]))
+    real = ContrastiveLoss("token", same_sentence, similarity_fn=_fixed_similarity(matrix[:3, :3]))(
+        _features(3), torch.tensor(0.5), sample_ids[:3], sentences[:3])
+    for key in ("loss", "loss_v2t", "loss_t2v", "kept_negative_fraction"):
+        torch.testing.assert_close(padded[key], real[key], rtol=1e-6, atol=1e-7)
+
+
 def test_world_size_one_gather_is_the_identity():
     features = _features()
     batch = gather_features(features, torch.arange(4), SENTENCES)
@@ -351,7 +381,7 @@ def test_local_loss_function_matches_the_reference_at_world_one():
 @pytest.mark.parametrize("kind", ["token", "cls", "mean"])
 def test_project_similarity_agrees_with_this_reference(kind):
     """Cross-check: recipe.similarity implements the same definition the loss tests assume."""
-    similarity_module = pytest.importorskip("recipe.similarity")
+    from recipe import similarity as similarity_module
     samples = make_samples(seed=4)
     video, video_mask = pad(samples["video"])
     text, text_mask = pad(samples["text"])

@@ -58,8 +58,9 @@ def test_check_lists_a_corrupt_video_and_exits_1(shards, capsys):
     index = load_index(shards, "train")
     key = corrupt_member(shards / index.shards[1].name, ".mp4", position=1)
     bad = check_split(shards, "train")
-    assert [(b.shard, b.key) for b in bad] == [(index.shards[1].name, key)]
-    assert "does not decode" in bad[0].cause or "n_frames" in bad[0].cause
+    assert [(b.shard, b.key) for b in bad] == [(index.shards[1].name, "-"), (index.shards[1].name, key)]
+    assert "SHA-256 differs" in bad[0].cause  # the shard as a whole: its checksum (issue 16, item 8)
+    assert "does not decode" in bad[1].cause or "n_frames" in bad[1].cause
     assert main([str(shards), "--check", "--split", "train"]) == 1
     assert f"{index.shards[1].name}  {key}" in capsys.readouterr().out
 
@@ -77,6 +78,7 @@ def test_check_finds_truncated_shards_and_index_mismatches(shards):
     assert "offset" in found[(index.shards[1].name, "train_00000004")]
     assert any("unreadable tar" in cause or "not found" in cause for (shard, _), cause in found.items() if shard == last.name)
     assert (last.name, "train_00000007") in found  # the cut sample is reported, whatever the cause
+    assert "the index records" in found[(last.name, "-")]  # and the shard's size
     assert (index.shards[0].name, "train_00000000") not in found  # intact samples are not
 
 

@@ -1,11 +1,13 @@
-"""The sign translation model on CPU: masking, attention kernels, LoRA, save/load, generate, presets."""
+"""The sign translation model on CPU: masking, attention kernels, LoRA, save/load, generate, presets.
+
+Which kernel each module gets (flash, sdpa) is tested in tests/test_attention.py."""
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
-from recipe.attention import choose_attn_implementation
 from recipe.lora import count_parameters
 from recipe.modeling import SignTranslationConfig, SignTranslationModel
 from recipe.presets import MBART_LARGE_50_VOCAB_SIZE, PRESETS, build_config
@@ -62,6 +64,38 @@ def test_padding_frames_never_change_outputs_train_mode():
     torch.testing.assert_close(out_a.loss, out_b.loss)
 
 
+def test_temporal_batchnorm_equals_torchs_on_the_real_time_steps_alone():
+    """The temporal blocks' BatchNorm (the paper's Conv1D/BN/ReLU) computes what nn.BatchNorm1d computes on the
+    real time steps packed together: outputs, running statistics, then eval mode; padding comes out as zeros.
+    (Broken variant tried: statistics over every position, padding included: outputs and statistics differ.)"""
+    from recipe.sign_encoder import MaskedBatchNorm1d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 9, generator=gen) * 2 + 1
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for row, length in enumerate((9, 4, 6)):
+        mask[row, :length] = True
+    x[~mask[:, None, :].expand_as(x)] = 50.0  # garbage in the padding
+    masked, reference = MaskedBatchNorm1d(6), nn.BatchNorm1d(6)
+    with torch.no_grad():
+        masked.weight.copy_(torch.linspace(0.5, 2, 6)), masked.bias.copy_(torch.linspace(-1, 1, 6))
+    reference.load_state_dict(masked.state_dict())
+    packed = x.transpose(1, 2)[mask]  # [real steps, C]
+    for _ in range(3):  # running statistics accumulate like torch's
+        out = masked(x, mask)
+        expected = reference(packed)
+        torch.testing.assert_close(out.transpose(1, 2)[mask], expected)
+        assert torch.equal(out.transpose(1, 2)[~mask], torch.zeros_like(out.transpose(1, 2)[~mask]))
+    torch.testing.assert_close(masked.running_mean, reference.running_mean)
+    torch.testing.assert_close(masked.running_var, reference.running_var)
+    assert masked.num_batches_tracked == reference.num_batches_tracked == 3
+    masked.eval(), reference.eval()
+    torch.testing.assert_close(masked(x, mask).transpose(1, 2)[mask], reference(packed))
+    half = masked(x.bfloat16(), mask)  # a bf16 model: fp32 arithmetic, bf16 out
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float().transpose(1, 2)[mask], reference(packed), atol=0.05, rtol=0.02)
+
+
 def test_padded_clip_equals_clip_alone_eval_mode():
     model = tiny().eval()
     batch, mask = clips([21, 32], total=32)
@@ -92,21 +126,6 @@ def test_eager_and_sdpa_agree():
     torch.testing.assert_close(a.text[a.text_mask], b.text[b.text_mask], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cuda, flash, expected", [(False, False, "sdpa"), (False, True, "sdpa"),
-                                                    (True, False, "sdpa"), (True, True, "flash_attention_2")])
-def test_choose_attn_implementation(monkeypatch, cuda, flash, expected):
-    import recipe.attention
-
-    monkeypatch.setattr(recipe.attention.torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(recipe.attention, "is_flash_attn_2_available", lambda: flash)
-    assert choose_attn_implementation() == expected
-
-
-def test_presets_use_the_chosen_attention():
-    assert build_config("tiny", vocab_size=VOCAB)._attn_implementation == choose_attn_implementation()
-    assert build_config("tiny", vocab_size=VOCAB, attn_implementation="eager")._attn_implementation == "eager"
-
-
 def test_contrastive_features_and_frozen_text_encoder():
     model = tiny().train()
     frames, mask = clips([21, 32], total=32)
@@ -124,36 +143,85 @@ def test_contrastive_features_and_frozen_text_encoder():
     assert model.sign_encoder.frame_cnn.layers[0].weight.grad is not None
 
 
-def lora_parameter_count(config: SignTranslationConfig) -> int:
-    # q_proj and v_proj in both self- and cross-attention of every decoder layer; A is r x d, B is d x r.
-    return config.decoder_layers * 2 * 2 * (2 * config.lora_r * config.d_model)
+def lora_parameter_count(config: SignTranslationConfig, modules=None) -> int:
+    """q_proj and v_proj of every attention block of the adapted components; A is r x d, B is d x r: the
+    decoder has self- and cross-attention per layer, the visual transformer self-attention only."""
+    modules = config.lora_modules if modules is None else modules
+    per_projection = 2 * config.lora_r * config.d_model
+    blocks = (config.decoder_layers * 2 if "decoder" in modules else 0) + (config.visual_layers if "visual" in modules else 0)
+    return blocks * len(config.lora_target_modules) * per_projection
 
 
-def test_lora_trainable_parameter_counts():
+def trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lora_on_visual_transformer_and_decoder_the_paper_default():
+    """LoRA adapts the visual transformer and the decoder (r 16, alpha 32); the frame CNN, the temporal
+    convolutions and the summary token train fully; the text encoder is frozen. (Broken variant tried:
+    adapters on the decoder only, the previous default: the visual counts and names fail.)"""
     lora = tiny()
     full = tiny(use_lora=False)
     config = lora.config
-    lora_params = lora_parameter_count(config)
-    assert count_parameters(lora) == count_parameters(full) + lora_params
-    frozen_text = count_parameters(full.text_encoder) - config.vocab_size * config.d_model  # shared embedding trains
-    decoder_and_embedding = count_parameters(full.decoder)  # includes the shared embedding (= lm_head)
+    assert config.lora_modules == ["visual", "decoder"] and (config.lora_r, config.lora_alpha) == (16, 32)
+    assert count_parameters(lora) == count_parameters(full) + lora_parameter_count(config)
+    trainable = trainable_names(lora)
+    visual_transformer = {n for n in trainable if n.startswith("sign_encoder.transformer.")}
+    assert visual_transformer and all(".lora_" in n for n in visual_transformer)
+    assert all(".lora_" in n for n in trainable if n.startswith("decoder."))
+    assert not any(n.startswith("text_encoder.") for n in trainable)
+    for name, parameter in lora.named_parameters():
+        if name.startswith(("sign_encoder.frame_cnn.", "sign_encoder.temporal.", "sign_encoder.summary_token")):
+            assert parameter.requires_grad, name
+    frozen_text = count_parameters(full.text_encoder) - config.vocab_size * config.d_model  # shared embedding
     assert count_parameters(full, trainable_only=True) == count_parameters(full) - frozen_text
-    assert count_parameters(lora, trainable_only=True) == count_parameters(full) - frozen_text - decoder_and_embedding + lora_params
-    trainable = {n for n, p in lora.named_parameters() if p.requires_grad and n.startswith("decoder.")}
-    assert trainable and all(".lora_" in n for n in trainable)
+    frozen_by_lora = count_parameters(full.decoder) + count_parameters(full.sign_encoder.transformer)  # decoder incl. embedding
+    assert count_parameters(lora, trainable_only=True) == (count_parameters(full) - frozen_text - frozen_by_lora
+                                                           + lora_parameter_count(config))
     assert not lora.lm_head.weight.requires_grad and full.lm_head.weight.requires_grad
     wider = tiny(lora_r=4, lora_target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
-    assert count_parameters(wider) - count_parameters(full) == config.decoder_layers * 2 * 4 * (2 * 4 * config.d_model)
+    assert count_parameters(wider) - count_parameters(full) == lora_parameter_count(wider.config)
+
+
+@pytest.mark.parametrize("modules", [["decoder"], ["visual"], []])
+def test_lora_per_component(modules):
+    model = tiny(lora_modules=modules)
+    full = tiny(use_lora=False)
+    assert count_parameters(model) == count_parameters(full) + lora_parameter_count(model.config)
+    trainable = trainable_names(model)
+    for component, prefix in (("visual", "sign_encoder.transformer."), ("decoder", "decoder.")):
+        names = {n for n in trainable if n.startswith(prefix)}
+        if component in modules:
+            assert names and all(".lora_" in n for n in names), component
+        else:
+            assert names == {n for n in trainable_names(full) if n.startswith(prefix)}, component
+
+
+def test_gradients_reach_the_frame_cnn_and_temporal_convolutions_under_visual_lora():
+    model = tiny().train()
+    randomize_lora(model)
+    frames, mask = clips([21, 32], total=32)
+    model(frames, mask, labels=LABELS).loss.backward()
+    assert model.sign_encoder.frame_cnn.layers[0].weight.grad.abs().sum() > 0
+    assert model.sign_encoder.temporal[0].conv.weight.grad.abs().sum() > 0
+    q_proj = model.sign_encoder.transformer.layers[0].self_attn.q_proj
+    assert q_proj.lora_A["default"].weight.grad.abs().sum() > 0 and q_proj.base_layer.weight.grad is None
+
+
+def test_unknown_lora_module_is_refused():
+    with pytest.raises(ValueError, match="unknown LoRA modules"):
+        tiny(lora_modules=["decoder", "text"])
 
 
 def test_merge_lora_keeps_outputs():
+    """Adapters in both places are merged (broken variant tried: merging the decoder only)."""
     model = tiny().eval()
     randomize_lora(model)
     frames, mask = clips([21, 32], total=32)
     before = model(frames, mask, labels=LABELS).logits
     model.merge_lora()
-    assert model.config.use_lora is False
-    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert model.config.use_lora is False and model.config.lora_modules == []
+    assert not any("lora_" in n or "base_layer" in n for n in model.state_dict())
     assert count_parameters(model) == count_parameters(tiny(use_lora=False))
     torch.testing.assert_close(model(frames, mask, labels=LABELS).logits, before, rtol=1e-5, atol=1e-5)
 
@@ -234,14 +302,14 @@ def expected_parameter_count(config: SignTranslationConfig) -> int:
     else:
         # the small CNN hands a flattened 2 x 2 grid of its last channels to the temporal module
         cnn, cnn_dim = small_cnn_params(config.small_cnn_channels), config.small_cnn_channels[-1] * SmallFrameCNN.GRID**2
-    temporal = cnn_dim * d * k + d + d * d * k + d
+    temporal = cnn_dim * d * k + d + d * d * k + d + 2 * (2 * d)  # two convs, two BatchNorms (weight, bias)
     visual = (config.max_visual_tokens + 2) * d + config.visual_layers * encoder_layer(config.visual_ffn_dim) + stack_norms
     text_positions = (config.max_position_embeddings + 2) * d
     text_encoder = text_positions + config.text_encoder_layers * encoder_layer(config.text_ffn_dim) + stack_norms
     decoder = text_positions + config.decoder_layers * decoder_layer + stack_norms
     shared_embedding = config.vocab_size * d  # text encoder, decoder and LM head share it
     projections = 2 * (d * config.projection_dim + config.projection_dim)
-    lora = lora_parameter_count(config) if config.use_lora else 0
+    lora = lora_parameter_count(config) if config.use_lora else 0  # visual transformer + decoder by default
     return cnn + temporal + d + visual + text_encoder + decoder + shared_embedding + projections + 1 + lora
 
 
@@ -328,3 +396,35 @@ def test_clip_mean_subtraction_removes_what_stays_still():
     assert torch.allclose(a, b, atol=1e-6)
     assert torch.equal(a[:, 5], torch.zeros_like(a[:, 5]))  # padding stays zero
     assert torch.allclose(a[:, :5].mean(1), torch.zeros(1, 3, 8, 8), atol=1e-6)
+
+
+def test_text_summary_last_moves_the_closing_token_to_position_zero_and_changes_only_cls():
+    """mBART-cc25 sentences end in their language code: with text_summary="last" the `cls` similarity reads
+    that token (found from the mask, whatever the length), and the token and mean similarities are unchanged.
+    (Broken variant tried: reading position 0 regardless, i.e. the first word piece.)"""
+    from recipe.similarity import similarity
+
+    first = tiny().eval()
+    last = tiny(text_summary="last").eval()
+    last.load_state_dict(first.state_dict())
+    frames, mask = clips([21, 32], total=32)
+    text = torch.tensor([[5, 9, 2, 30, 1, 1], [7, 8, 6, 11, 2, 30]])  # pieces </s> lang_code, padded
+    a = first.contrastive_features(frames, mask, text, text != 1)
+    b = last.contrastive_features(frames, mask, text, text != 1)
+    torch.testing.assert_close(b.text[:, 0], a.text[[0, 1], [3, 5]])  # the language code's features
+    assert torch.equal(b.text_mask, a.text_mask) and torch.equal(b.text[0, 4:], a.text[0, 4:])  # padding stays
+    for kind in ("token", "mean"):
+        torch.testing.assert_close(similarity(a.video, a.video_mask, b.text, b.text_mask, kind),
+                                   similarity(a.video, a.video_mask, a.text, a.text_mask, kind))
+    assert not torch.allclose(similarity(a.video, a.video_mask, b.text, b.text_mask, "cls"),
+                              similarity(a.video, a.video_mask, a.text, a.text_mask, "cls"))
+
+
+def test_generation_forces_the_target_language_first():
+    """mBART-50: decoding starts from </s> and the target language code is forced as the first generated
+    token, from the model's own generation config (no flag at the call)."""
+    model = tiny(forced_bos_token_id=17).eval()
+    frames, mask = clips([21, 32], total=32)
+    generated = model.generate(frames=frames, frame_mask=mask, num_beams=2, max_new_tokens=4)
+    assert generated[:, 0].tolist() == [2, 2] and generated[:, 1].tolist() == [17, 17]
+    assert tiny().generate(frames=frames, frame_mask=mask, num_beams=2, max_new_tokens=4)[:, 1].tolist() != [17, 17]

@@ -136,16 +136,17 @@ def test_pair_similarities_are_elementwise_trajectories():
 
 
 @pytest.mark.parametrize("score", ["delta", "var"])  # the matvec fast path and the generic path
-def test_batch_contributions_are_both_directions_with_same_sentence_zero(score):
+def test_batch_contributions_are_both_directions_of_every_pair(score):
     traj = _random_trajectory(9, sentence_ids=[0, 1, 2, 3, 3, 4, 5, 6, 6])
     scorer = PairScorer(traj, score=score)
     positions = np.array([4, 0, 3, 8, 7, 2])
     contributions = scorer.batch_contributions(positions)
-    block = scorer.score_block(positions, positions)
-    both = torch.nan_to_num(block + block.T, nan=0.0).numpy()
+    sym = scorer.symmetric_block(positions, positions, twins_are_negatives=True).numpy()
     for j in range(len(positions)):
-        np.testing.assert_allclose(contributions(j), both[:, j], atol=1e-5)
-    assert contributions(0)[2] == 0.0  # samples 4 and 3 say the same sentence
+        others = np.arange(len(positions)) != j
+        np.testing.assert_allclose(contributions(j)[others], sym[others, j], atol=1e-5)
+    # the twins (samples 4 and 3) are scored too: whether they count is the batch builder's decision
+    assert contributions(0)[2] != 0.0
 
 
 def test_scores_needing_a_trajectory_refuse_a_single_checkpoint():
@@ -156,10 +157,80 @@ def test_scores_needing_a_trajectory_refuse_a_single_checkpoint():
     assert PairScorer(traj, score="last").score_block([0], [1]).shape == (1, 1)
     with pytest.raises(ValueError, match="token embeddings"):
         PairScorer(traj, score="last", similarity="token")
+    with pytest.raises(ValueError, match="CLS vectors"):
+        PairScorer(traj, score="last", similarity="cls")
+
+
+def test_twins_are_negatives_only_under_plain_infonce():
+    traj = _random_trajectory(5, sentence_ids=[0, 0, 1, 2, 2])
+    ids = torch.arange(5)
+    masked = PairScorer(traj, same_sentence="mask").score_block(ids, ids)
+    plain = PairScorer(traj, same_sentence="negative").score_block(ids, ids)
+    twins = torch.tensor([[0, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0] * 5, [0, 0, 0, 0, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    assert torch.isnan(masked[twins]).all() and not torch.isnan(plain[twins]).any()
+    assert torch.isnan(plain.diagonal()).all()  # a sample with itself is the positive in every mode
+    torch.testing.assert_close(plain[~twins & ~torch.eye(5, dtype=torch.bool)],
+                               masked[~twins & ~torch.eye(5, dtype=torch.bool)])
+
+
+# --- token-level scores ----------------------------------------------------------------------------------
+def _token_trajectory(n: int = 7, k: int = 3, e: int = 6, seed: int = 0, sentence_ids=None) -> Trajectory:
+    """Token embeddings of varying lengths per sample (zero padding, as the model's features), fp16 as stored."""
+    g = torch.Generator().manual_seed(seed)
+    video_lengths = torch.randint(1, 6, (n,), generator=g)
+    text_lengths = torch.randint(1, 4, (n,), generator=g)
+    def tokens(lengths, length):  # noqa: E306
+        x = torch.nn.functional.normalize(torch.randn(k, n, length, e, generator=g), dim=-1)
+        mask = torch.arange(length)[None, None, :] < lengths[None, :, None].expand(k, n, 1)
+        return (x * mask[..., None]).half(), mask
+    video, video_mask = tokens(video_lengths, 5)
+    text, text_mask = tokens(text_lengths, 3)
+    pooled = lambda x, m: (x.float() * m[..., None]).sum(2) / m.sum(2, keepdim=True)  # noqa: E731
+    base = _trajectory(pooled(video, video_mask), pooled(text, text_mask), sentence_ids)
+    base.video_tokens, base.video_mask, base.text_tokens, base.text_mask = video, video_mask, text, text_mask
+    return base
+
+
+def _brute_force_token_similarity(traj: Trajectory) -> np.ndarray:
+    """s[t, i, j] by loops over unpadded tokens: each token's best match on the other side, averaged, both ways."""
+    k, n = traj.num_checkpoints, traj.num_samples
+    s = np.zeros((k, n, n))
+    for t in range(k):
+        for i in range(n):
+            v = traj.video_tokens[t, i][traj.video_mask[t, i]].double().numpy()
+            for j in range(n):
+                w = traj.text_tokens[t, j][traj.text_mask[t, j]].double().numpy()
+                pairs = v @ w.T
+                s[t, i, j] = (pairs.max(axis=1).mean() + pairs.max(axis=0).mean()) / 2
+    return s
+
+
+def _scores_from_similarities(s: np.ndarray, score: str) -> np.ndarray:
+    return np.stack([[[_expected(score, s[:, i, j]) for j in range(s.shape[2])] for i in range(s.shape[1])]])[0]
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_token_scores_equal_a_brute_force_computation(score):
+    """Directional scores, the symmetric matrix the sampler uses (fp16 storage) and the mask's ranking input, all
+    against loops over the unpadded tokens. (Broken variant tried: the symmetric matrix built from one direction
+    twice, `backward = forward` in token_scores.score_rows: fails.)"""
+    traj = _token_trajectory(sentence_ids=[0, 1, 1, 2, 3, 4, 4])
+    expected = _scores_from_similarities(_brute_force_token_similarity(traj), score)
+    scorer = PairScorer(traj, score=score, similarity="token")
+    ids = torch.arange(7)
+    got = scorer.score_block(ids, ids).numpy()
+    negative = traj.sentence_ids[:, None].numpy() != traj.sentence_ids[None, :].numpy()
+    np.testing.assert_allclose(got[negative], expected[negative], atol=1e-5)
+    assert np.isnan(got[~negative]).all()
+    sym = expected + expected.T
+    stored = scorer.symmetric_scores().block(np.arange(7), np.arange(7))
+    np.testing.assert_allclose(stored, sym, rtol=2**-10, atol=1e-4)  # one fp16 rounding
+    np.testing.assert_allclose(scorer.symmetric_block(ids, ids).numpy()[negative], sym[negative], rtol=2**-10, atol=1e-4)
+    contributions = scorer.batch_contributions(np.array([3, 0, 6]))
+    np.testing.assert_allclose(contributions(2), sym[[3, 0, 6], 6], rtol=2**-10, atol=1e-4)
 
 
 def test_token_scores_reduce_to_pooled_for_single_token_samples():
-    pytest.importorskip("recipe.similarity", reason="recipe.similarity (another engineer's piece) not present yet")
     base = _random_trajectory(5, k=2, e=8)
     traj = Trajectory(
         base.epochs, base.sample_ids, base.sentence_ids, base.video, base.text, base.paths,
@@ -170,6 +241,64 @@ def test_token_scores_reduce_to_pooled_for_single_token_samples():
     token = PairScorer(traj, similarity="token").score_block(ids, ids)
     pooled = PairScorer(traj).score_block(ids, ids)
     torch.testing.assert_close(token, pooled, equal_nan=True, atol=1e-5, rtol=0)
+
+
+def test_cls_and_mean_scores_are_the_losses_similarities(tmp_path):
+    """Recorded through the trajectory store, `cls` scores token 0 and `mean` / `pooled` the masked means: the
+    same numbers recipe.similarity gives the loss for those kinds."""
+    from recipe.similarity import similarity
+    from recipe.trajectory_store import load_trajectory, save_reference_checkpoint
+
+    source = _token_trajectory(n=6, k=2)
+    for t in range(2):
+        video, text = source.video_tokens[t], source.text_tokens[t]
+        vm, tm = source.video_mask[t], source.text_mask[t]
+        pooled = lambda x, m: (x.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True)  # noqa: E731
+        save_reference_checkpoint(tmp_path, t + 1, torch.arange(6), torch.arange(6), pooled(video, vm),
+                                  pooled(text, tm), video, vm, text, tm)
+    traj = load_trajectory(tmp_path, load_tokens=False)
+    ids = torch.arange(6)
+    off_diagonal = ~torch.eye(6, dtype=torch.bool)
+    for kind, names in (("cls", ["cls"]), ("mean", ["mean", "pooled"])):
+        sims = [similarity(*(x.float() if x.dtype == torch.float16 else x for x in traj.checkpoint_tokens(t)), kind=kind)
+                for t in range(2)]
+        for name in names:
+            got = PairScorer(traj, "delta", similarity=name).score_block(ids, ids)
+            torch.testing.assert_close(got[off_diagonal], (sims[1] - sims[0])[off_diagonal], atol=2e-3, rtol=0)
+
+
+def _cache_on_ranks(rank: int, world_size: int, run_dir: str, cache: str) -> np.ndarray:
+    from recipe.token_scores import cached_symmetric_scores
+    from recipe.trajectory_store import load_trajectory
+
+    traj = load_trajectory(run_dir, load_tokens=False)
+    weights, used = pair_selection.score_weights("delta", traj.num_checkpoints)
+    scores = cached_symmetric_scores(traj, "delta", weights, used, "token", cache)
+    return scores.block(np.arange(traj.num_samples), np.arange(traj.num_samples))
+
+
+def test_token_score_cache_split_over_two_ranks_equals_one_process(tmp_path, monkeypatch):
+    """2 gloo ranks each compute their rows (read lazily from the reference files) and read the other's: the
+    same matrix as one process; a second run reuses the cache without computing anything."""
+    from recipe import token_scores
+    from recipe.trajectory_store import load_trajectory, save_reference_checkpoint
+    from tests.distributed import run_on_ranks
+
+    source = _token_trajectory(n=9, k=3, sentence_ids=[0, 1, 1, 2, 3, 4, 4, 5, 6])
+    for t in range(3):
+        save_reference_checkpoint(tmp_path / "ref", 2 * t + 1, source.sample_ids, source.sentence_ids,
+                                  source.video[t].float(), source.text[t].float(), source.video_tokens[t],
+                                  source.video_mask[t], source.text_tokens[t], source.text_mask[t])
+    cache = tmp_path / "cache"
+    per_rank = run_on_ranks(_cache_on_ranks, world_size=2, args=(str(tmp_path / "ref"), str(cache)))
+    alone = PairScorer(load_trajectory(tmp_path / "ref"), "delta", "token").symmetric_scores().block(np.arange(9), np.arange(9))
+    for matrix in per_rank:
+        np.testing.assert_array_equal(matrix, alone)
+    (folder,) = cache.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "rows-00000000-00000004.npy",
+                                                        "rows-00000004-00000009.npy"]
+    monkeypatch.setattr(token_scores, "score_rows", lambda *a, **k: pytest.fail("the complete cache was recomputed"))
+    np.testing.assert_array_equal(_cache_on_ranks(0, 1, str(tmp_path / "ref"), str(cache)), alone)
 
 
 # --- the selection mask --------------------------------------------------------------------------------
@@ -185,7 +314,7 @@ def test_mask_keeps_a_window_of_the_symmetric_ranking():
     for epoch, keep_fraction in [(0, 0.5), (1, 0.3), (2, 0.5), (2, 1.0)]:
         mask = _mask(traj, keep_fraction=keep_fraction)
         mask.set_epoch(epoch)
-        alpha = epoch / 2
+        alpha = epoch / 3  # the paper's e / E
         assert mask.alpha == pytest.approx(alpha)
         keep = mask(local, full)
         assert keep.dtype == torch.bool and keep.shape == (4, 16)

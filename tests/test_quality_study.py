@@ -83,21 +83,41 @@ def test_an_ablation_alone_brings_its_reference_run(tmp_path):
     assert names == ["csl/1/random/pretrain", "csl/1/ps_hard/pretrain", "csl/1/ps_hard/finetune"]
 
 
+def _leaves_mark(path: Path, exit_code: int = 0) -> list[str]:
+    """A job command that appends a line to `path` each time it runs, then exits with `exit_code`."""
+    return [sys.executable, "-c", f"import pathlib, sys; f = pathlib.Path({str(path)!r}); "
+            f"f.write_text((f.read_text() if f.exists() else '') + 'ran\\n'); sys.exit({exit_code})"]
+
+
 def test_failed_run_skips_what_needs_it_and_finished_runs_are_not_rerun(tmp_path):
-    python = sys.executable
-    ok, bad = tmp_path / "ok", tmp_path / "bad"
-    for d in (ok, bad, tmp_path / "child", tmp_path / "done"):
+    """Broken variant tried: run_jobs queueing every job, finished or not (`pending = list(jobs)`): the
+    finished run's command runs again and the test fails on its mark."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    dirs = {name: tmp_path / name for name in ("ok", "bad", "child", "done", "after_done")}
+    for d in dirs.values():
         d.mkdir()
-    (tmp_path / "done" / "study_done.json").write_text("{}")
+    finished_record = json.dumps({"seconds": 12.0, "command": ["an earlier run"]})
+    (dirs["done"] / "study_done.json").write_text(finished_record)
     jobs = [
-        bench.Job("c/0/a/pretrain", ok, [python, "-c", "pass"]),
-        bench.Job("c/0/b/pretrain", bad, [python, "-c", "raise SystemExit(1)"]),
-        bench.Job("c/0/b/finetune", tmp_path / "child", [python, "-c", "pass"], ["c/0/b/pretrain"]),
-        bench.Job("c/0/x/finetune", tmp_path / "done", [python, "-c", "raise SystemExit(1)"]),
+        bench.Job("c/0/a/pretrain", dirs["ok"], _leaves_mark(marks / "ok")),
+        bench.Job("c/0/b/pretrain", dirs["bad"], _leaves_mark(marks / "bad", exit_code=1)),
+        bench.Job("c/0/b/finetune", dirs["child"], _leaves_mark(marks / "child"), ["c/0/b/pretrain"]),
+        # finished in an earlier invocation: not run again, and what needs it runs
+        bench.Job("c/0/x/pretrain", dirs["done"], _leaves_mark(marks / "done", exit_code=1)),
+        bench.Job("c/0/x/finetune", dirs["after_done"], _leaves_mark(marks / "after_done"), ["c/0/x/pretrain"]),
     ]
     bench.run_jobs(jobs, workers=2, log_dir=tmp_path)
-    assert (ok / "study_done.json").exists()
-    assert not (bad / "study_done.json").exists() and not (tmp_path / "child" / "study_done.json").exists()
+    ran = {path.name: path.read_text().count("ran") for path in marks.iterdir()}
+    assert ran == {"ok": 1, "bad": 1, "after_done": 1}  # each once; "child" needs a failed run, "done" is done
+    assert (dirs["ok"] / "study_done.json").exists() and (dirs["after_done"] / "study_done.json").exists()
+    assert not (dirs["bad"] / "study_done.json").exists() and not (dirs["child"] / "study_done.json").exists()
+    assert (dirs["done"] / "study_done.json").read_text() == finished_record  # its record is the earlier run's
+    # A second invocation over the same tree starts only what is still unfinished (the failed run, which
+    # fails again, so its child is skipped again).
+    bench.run_jobs(jobs, workers=2, log_dir=tmp_path)
+    ran = {path.name: path.read_text().count("ran") for path in marks.iterdir()}
+    assert ran == {"ok": 1, "bad": 2, "after_done": 1}
 
 
 def test_verdict_needs_every_seed_to_agree_and_to_beat_the_spread():

@@ -96,3 +96,34 @@ def test_vocab_trim_keeps_rows_and_encodings(tmp_path):
     new_ids = torch.tensor([new_tokenizer(TRIM_TEXTS[0]).input_ids])
     mbart.eval(), trimmed.eval()
     torch.testing.assert_close(trimmed(input_ids=new_ids).logits, mbart(input_ids=ids).logits[..., index])
+
+
+def test_vocab_trim_of_an_mbart50_layout_keeps_every_language_code(tmp_path):
+    """An mBART-50 directory (MBart50Tokenizer from a SentencePiece model, 52 language codes): trimming keeps
+    every code with its embedding row, whatever languages the corpus uses, so --src-lang/--tgt-lang work on
+    the trimmed model; the corpus encodes the same as a source and as a target, and the convention (decoder
+    start, forced first token) survives renumbered. (Broken variant tried: keeping only the ids the corpus
+    uses, which drops 51 of the 52 codes.)"""
+    from recipe.tokenizer import MBART_50, detect_convention, language_codes, set_languages
+    from tests.mbart_layout import mbart_checkpoint, mbart_tokenizer
+
+    directory = tmp_path / "mbart50"
+    tokenizer = mbart_tokenizer(directory, CORPUS * 4, MBART_50, src_lang="de_DE", tgt_lang="de_DE")
+    mbart = mbart_checkpoint(directory, tokenizer)
+    texts_file = tmp_path / "train.txt"
+    texts_file.write_text("\n".join(TRIM_TEXTS) + "\n", encoding="utf-8")
+    out = tmp_path / "trimmed"
+    vocab_trim_main(["--mbart", str(directory), "--texts", str(texts_file), "--out", str(out)])
+
+    trimmed_tokenizer = load_tokenizer(out)
+    trimmed = MBartForConditionalGeneration.from_pretrained(out)
+    codes, new_codes = language_codes(tokenizer), language_codes(trimmed_tokenizer)
+    assert len(codes) == 52 and sorted(new_codes) == sorted(codes)
+    assert trimmed.config.vocab_size == len(trimmed_tokenizer) < len(tokenizer)
+    for code, old_id in codes.items():
+        assert torch.equal(trimmed.model.shared.weight[new_codes[code]], mbart.model.shared.weight[old_id]), code
+    before, after = detect_convention(tokenizer), detect_convention(trimmed_tokenizer)
+    assert after.name == MBART_50 and after.forced_bos_token_id == new_codes["de_DE"] != before.forced_bos_token_id
+    set_languages(trimmed_tokenizer, tgt_lang="fr_XX")  # a code the corpus never used is still there
+    assert trimmed_tokenizer("heute nacht").input_ids[0] == new_codes["fr_XX"]
+    assert trimmed.config.decoder_start_token_id == 2 and trimmed.generation_config.forced_eos_token_id == 2

@@ -11,6 +11,10 @@
 #   PYTHON          interpreter (default .venv/bin/python when present, else python)
 #   GPUS_PER_NODE   processes per node = GPUs per node (default: from the allocation, SLURM_GPUS_ON_NODE
 #                   / SLURM_GPUS_PER_NODE; 0 when none)
+#   CPUS_PER_NODE   CPUs the node's task (torchrun and its workers) may use (default: the allocation's,
+#                   SLURM_CPUS_PER_TASK, else SLURM_CPUS_ON_NODE). srun is told explicitly: since Slurm 22.05
+#                   a step does not inherit --cpus-per-task, and a task bound to one CPU starves every
+#                   loader. Each rank sizes its loader workers from its share (recipe.build.loader_workers).
 #   CPU=1           run on CPU even where GPUs exist: 1 process per node, gloo, CUDA hidden.
 #                   GPUS_PER_NODE=0 (or no GPU in the allocation) means the same.
 #   OMP_NUM_THREADS threads per process on CPU (default 1: emulated nodes share the real cores)
@@ -100,6 +104,11 @@ launch_on_nodes() {
   else
     nproc=$gpus
   fi
+  # CPUs for the node's task: every rank's loader workers run inside it
+  local cpus=${CPUS_PER_NODE:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-}}}
+  local resources=()
+  [ -n "$cpus" ] && resources+=(--cpus-per-task="$cpus")
+  uses_gpus && resources+=(--gpus-per-node="$gpus")   # all of the node's GPUs to its one task (torchrun)
   master_addr=$(_master_addr)
   # Same rule as recipe/dist.py: below Linux's ephemeral range; every node derives the same port.
   master_port=$((20000 + ${SLURM_JOB_ID:-0} % 10000))
@@ -111,11 +120,11 @@ launch_on_nodes() {
   local per_node='trap "" USR1; py=$1; shift; exec "$py" -m torch.distributed.run --node_rank="$SLURM_NODEID" "$@"'
   # --kill-on-bad-exit: a node that fails takes the others down at once instead of leaving them
   # blocked in a collective until the backend's timeout.
-  local cmd=(srun --nodes="$nnodes" --ntasks-per-node=1 --ntasks="$nnodes" --kill-on-bad-exit=1
+  local cmd=(srun --nodes="$nnodes" --ntasks-per-node=1 --ntasks="$nnodes" "${resources[@]}" --kill-on-bad-exit=1
              bash -c "$per_node" node-launcher "$python" "${torchrun[@]}" "$@")
 
   echo "[launch] job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0}: $nnodes node(s) x $nproc process(es)," \
-       "master $master_addr:$master_port, python $python" >&2
+       "${cpus:-?} CPUs per node, master $master_addr:$master_port, python $python" >&2
   if [ "${DRY_RUN:-0}" = 1 ]; then
     printf 'LAUNCH:'; printf ' %q' "${cmd[@]}"; printf '\n'
     printf 'PROGRAM_ARGV:'; printf ' %q' "$@"; printf '\n'
