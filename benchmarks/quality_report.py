@@ -155,7 +155,7 @@ def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
         by_kind: dict[str, dict[str, list[float]]] = {}
         for seed in args.seeds:
             reference = run_dir(args, corpus, seed, "cl") / "pretrain"
-            if not (reference / "study_done.json").exists():
+            if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
                 continue
             analysis = root / "analysis" / corpus / f"seed{seed}"
             summary_path = analysis / "trajectory_categories.json"
@@ -189,7 +189,7 @@ def twin_tables(args) -> dict[str, list[str]]:
     tables = {}
     for corpus in args.corpora:
         reference = run_dir(args, corpus, args.seeds[0], "cl") / "pretrain"
-        if not (reference / "study_done.json").exists():
+        if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
             continue
         trajectory = load_trajectory(reference, load_tokens=False)
         shared = PairScorer(trajectory, "delta", "token").symmetric_scores()
