@@ -12,6 +12,9 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "$(TORCH_CUD
 # isolated environment: it is not a pyproject extra for that reason (`pip install .[gpu]` failed).
 FLASH_ATTN ?= flash-attn>=2.6
 DEMO_DIR ?= runs/demo
+# DeepSpeed's CPU communication op is compiled on first use; building it inside the venv keeps each checkout
+# clear of another's build (a lock left in ~/.cache by a killed build once hung a CI run).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv venv-gpu demo test test-fast gpu-check clean-demo
 

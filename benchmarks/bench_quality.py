@@ -1,29 +1,40 @@
-"""Does Pair Selection help? The quality study: arms x corpora x seeds, run as the CLI a user would type.
+"""Does Pair Selection help? The paper's tables at CPU scale: arms x corpora x seeds, run as the CLI a user types.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py --out runs/quality --workers 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py --out runs/quality --workers 2   # resumable
+    .venv/bin/python benchmarks/bench_quality.py --out runs/quality --report     # only aggregate what finished
+    .venv/bin/python benchmarks/bench_quality.py --out runs/quality --repro-check
+        # rerun the smallest configuration (one random-negative arm, seed 0) in fresh processes: same numbers?
 
-Two synthetic corpora with the same vocabulary (the `tiny` grammar) and the same number of training videos:
-  csl      every sentence signed by 2-6 signers (same-text pairs everywhere, as in CSL-Daily);
-  phoenix  one signer per sentence, plus 2 greetings signed 24 times each (as in PHOENIX-2014T).
-Arms, each trained with every seed (the seed sets model init, sampling and augmentation; the corpus is fixed):
-  translation_only  no pretraining; finetuning for pretrain + finetune epochs (the same optimizer steps)
-  random            contrastive pretraining with random in-batch negatives (GFSLT-VLP), then finetuning.
-                    This run also records the similarity trajectories: it is the reference run of the PS arms
-  ps_log            SCL-SLT: Pair Selection (delta score) with the log curriculum, then finetuning
-  ps_last           ablation: score from the last reference checkpoint only (no trajectory)
-  ps_no_mask        ablation: same-sentence masking off (another signer's video of the sentence is a negative)
-  ps_easy, ps_hard  ablation: easy-only / hard-only curricula
-  ps_batches_only   ablation: curriculum batches, but the mask keeps every negative (--ps-keep-fraction 1.0),
-                    which separates what the batch construction does from what dropping negatives does
-  random_contrastive, ps_log_contrastive
-                    random and ps_log with a purely contrastive pretraining (--translation-weight 0, as in
-                    GFSLT-VLP's stage 1): separates what PS batches do to the contrastive objective from what
-                    they do to the translation loss trained on the same batches
-Every contrastive arm pretrains for the same epochs and finetunes for the same epochs; the PS arms also need
-the reference run (the random arm of the same seed), a cost the table states rather than hides.
+Corpora: `python -m sharded_data.synth --preset P` (corpus seed 0, fixed; the seed of a run sets the model's
+initialisation, its batches and augmentation), presets matched to the real corpora's pair statistics:
+  csl-like, phoenix-like   the main comparison, every main arm
+  dense-neighbours         the mechanism test: hidden twins and one-sign-apart pairs in most batches, the
+                           regime where Pair Selection's false-negative story should matter most
 
-Resumable: a finished run leaves `study_done.json`; an interrupted one resumes from its checkpoint. `--report`
-only aggregates what exists into benchmarks/results/quality.md (+ quality.json and plots).
+Arms (ARMS below), each a plain set of flags of `recipe.pretrain` followed by `recipe.finetune`:
+  translation_only  no pretraining: finetuning for the pretraining + finetuning epochs (the same optimizer steps)
+  cl                the paper's CL-SLT: random in-batch negatives, plain InfoNCE (--same-sentence negative);
+                    records its trajectory every epoch: it is the reference run of the SCL arms of its seed
+  cl_masked         ours: random negatives, same-sentence pairs masked (--same-sentence mask, the recipe's default)
+  scl               SCL-SLT as the paper describes it: Pair Selection batches from cl's trajectory, delta score,
+                    log curriculum, token-level scores, no in-loss mask, twins unmasked (--same-sentence negative)
+  scl_masked        SCL-SLT with same-sentence masking, from cl_masked's trajectory
+  scl_self          SCL-SLT with --reference-run self: one run records its own trajectory (K = 3 checkpoints,
+                    one per epoch) with random negatives, then Pair Selection
+  scl_iid           our extension: the contrastive loss on Pair Selection batches, the joint translation loss on
+                    i.i.d. batches (--translation-batches iid)
+Ablations (the paper's other tables; fewer seeds, one corpus), each scl with one change:
+  scl_easy, scl_hard, scl_linear, scl_sqrt   the curriculum (scl itself is log)
+  scl_from2, scl_from3   the trajectory interval: the reference trajectory starts after epoch 2 or 3 instead of 1
+                         (a longer recording interval moves the paper's first reference point later; delta only
+                         reads the first and the last point)
+  scl_cls, scl_mean      the PS score's aggregation (--ps-similarity; scl is token-level)
+  scl_last               the last reference checkpoint only, no trajectory (--ps-score last)
+
+Order: the runs of the main comparison first (cl, cl_masked, scl on both main corpora, seed by seed), then the
+other main arms, the mechanism test, the ablations, and extra seeds: a study cut short still answers the main
+question. A finished run leaves `study_done.json`; an interrupted one resumes from its checkpoint.
+`quality_report.py` aggregates into benchmarks/results/quality.md (+ quality.json and plots).
 """
 from __future__ import annotations
 
@@ -42,22 +53,54 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))  # run as a script from the repository root: `recipe` must be importable
 
-CORPORA = {
-    "csl": ["--signers-per-sentence", "2", "6"],
-    "phoenix": ["--signers-per-sentence", "1", "1", "--repeat-sentences", "2", "24"],
+MAIN_CORPORA = ("csl-like", "phoenix-like")
+MECHANISM_CORPUS = "dense-neighbours"
+CORPORA = (*MAIN_CORPORA, MECHANISM_CORPUS)
+
+
+@dataclass(frozen=True)
+class Arm:
+    title: str
+    pretrain: tuple[str, ...] | None
+    """`recipe.pretrain` flags; None = no pretraining (translation only)."""
+    reference: str = ""
+    """The arm whose pretraining run is this arm's reference run (two-run Pair Selection)."""
+    trajectory_from: int = 1
+    """The reference trajectory's first epoch (a view of the reference run's checkpoints from that epoch on)."""
+    records: bool = False
+    """This arm's pretraining records a reference checkpoint after every epoch."""
+
+
+PAPER_SCL = ("--negatives", "ps", "--same-sentence", "negative")  # every other PS setting: the recipe's defaults
+ARMS: dict[str, Arm] = {
+    "translation_only": Arm("translation only (same optimizer steps)", None),
+    "cl": Arm("CL-SLT: random negatives, plain InfoNCE (the paper's baseline)",
+              ("--negatives", "random", "--same-sentence", "negative"), records=True),
+    "cl_masked": Arm("CL, random negatives, same-sentence pairs masked (ours)",
+                     ("--negatives", "random", "--same-sentence", "mask"), records=True),
+    "scl": Arm("**SCL-SLT as the paper describes it**", PAPER_SCL, reference="cl"),
+    "scl_masked": Arm("SCL-SLT + same-sentence masking", ("--negatives", "ps", "--same-sentence", "mask"),
+                      reference="cl_masked"),
+    "scl_self": Arm("SCL-SLT, --reference-run self (one run)",
+                    (*PAPER_SCL, "--reference-run", "self", "--record-trajectory-every", "1",
+                     "--self-reference-checkpoints", "3")),
+    "scl_iid": Arm("SCL-SLT, translation loss on i.i.d. batches (ours)", (*PAPER_SCL, "--translation-batches", "iid"),
+                   reference="cl"),
+    "scl_easy": Arm("curriculum: easy only", (*PAPER_SCL, "--curriculum", "easy"), reference="cl"),
+    "scl_hard": Arm("curriculum: hard only", (*PAPER_SCL, "--curriculum", "hard"), reference="cl"),
+    "scl_linear": Arm("curriculum: linear", (*PAPER_SCL, "--curriculum", "linear"), reference="cl"),
+    "scl_sqrt": Arm("curriculum: sqrt", (*PAPER_SCL, "--curriculum", "sqrt"), reference="cl"),
+    "scl_from2": Arm("trajectory from epoch 2", PAPER_SCL, reference="cl", trajectory_from=2),
+    "scl_from3": Arm("trajectory from epoch 3", PAPER_SCL, reference="cl", trajectory_from=3),
+    "scl_cls": Arm("PS score on CLS similarity", (*PAPER_SCL, "--ps-similarity", "cls"), reference="cl"),
+    "scl_mean": Arm("PS score on mean-pooled similarity", (*PAPER_SCL, "--ps-similarity", "mean"), reference="cl"),
+    "scl_last": Arm("PS score: last reference checkpoint only", (*PAPER_SCL, "--ps-score", "last"), reference="cl"),
 }
-PS_ARMS = {
-    "ps_log": ["--curriculum", "log"],
-    "ps_last": ["--curriculum", "log", "--ps-score", "last"],
-    "ps_no_mask": ["--curriculum", "log", "--same-sentence", "negative"],
-    "ps_easy": ["--curriculum", "easy"],
-    "ps_hard": ["--curriculum", "hard"],
-    "ps_batches_only": ["--curriculum", "log", "--ps-keep-fraction", "1.0"],
-    "ps_log_contrastive": ["--curriculum", "log", "--translation-weight", "0"],
-}
-RANDOM_ARMS = {"random_contrastive": ["--translation-weight", "0"]}  # besides `random`, the reference run
-MAIN_ARMS = ("translation_only", "random", "ps_log")
-ARMS = (*MAIN_ARMS, *[a for a in PS_ARMS if a not in MAIN_ARMS], *RANDOM_ARMS)
+CORE_ARMS = ("cl", "cl_masked", "scl")  # the two comparisons whose intervals the study must narrow
+MAIN_ARMS = (*CORE_ARMS, "translation_only", "scl_masked", "scl_self", "scl_iid")
+MECHANISM_ARMS = ("cl", "scl")
+ABLATION_ARMS = ("scl_easy", "scl_hard", "scl_linear", "scl_sqrt", "scl_from2", "scl_from3", "scl_cls", "scl_mean",
+                 "scl_last")
 
 
 @dataclass
@@ -67,66 +110,116 @@ class Job:
     out: Path
     command: list[str]
     needs: list[str] = field(default_factory=list)
+    tier: int = 0
+    """Start order: lower first (main comparison, other main arms, mechanism, ablations, extra seeds)."""
+    reference_view: tuple[Path, Path, int] | None = None
+    """(reference run, view directory, first epoch): a reference trajectory starting later, made before the run."""
 
     @property
     def done(self) -> bool:
         return (self.out / "study_done.json").exists()
 
     @property
+    def corpus(self) -> str:
+        return self.name.split("/")[0]
+
+    @property
+    def seed(self) -> int:
+        return int(self.name.split("/")[1])
+
+    @property
     def arm(self) -> str:
         return self.name.split("/")[2]
 
+    @property
+    def stage(self) -> str:
+        return self.name.split("/")[3]
+
+
+def corpus_dir(args: argparse.Namespace, corpus: str) -> Path:
+    return Path(args.out).resolve() / "corpora" / corpus
+
 
 def corpus_commands(args: argparse.Namespace) -> dict[str, list[str]]:
-    root = Path(args.out).resolve()
-    return {
-        name: [sys.executable, "-m", "sharded_data.synth", "--out", str(root / "corpora" / name), "--preset", "tiny",
-               "--train", str(args.train), "--dev", str(args.eval_samples), "--test", str(args.eval_samples),
-               "--no-progress", *extra]
-        for name, extra in CORPORA.items() if name in args.corpora
-    }
+    sizes = []
+    for flag, value in (("--train", args.train), ("--dev", args.dev), ("--test", args.test)):
+        sizes += [flag, str(value)] if value else []
+    return {corpus: [sys.executable, "-m", "sharded_data.synth", "--out", str(corpus_dir(args, corpus)), "--preset",
+                     corpus, "--seed", "0", *sizes, "--no-progress"]
+            for corpus in args.corpora}
+
+
+def run_dir(args: argparse.Namespace, corpus: str, seed: int, arm: str) -> Path:
+    return Path(args.out).resolve() / corpus / f"seed{seed}" / arm
 
 
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
-    """Every run of the study in the order to start them: the main arms of every (seed, corpus) first, so
-    that a study cut short still answers the main question, then the ablations."""
-    python, root = sys.executable, Path(args.out).resolve()
+    """Every run of the study, in the order to start them (see the module docstring)."""
+    python = sys.executable
     jobs: list[Job] = []
+
+    def add(corpus: str, seed: int, arm_name: str, tier: int) -> None:
+        arm = ARMS[arm_name]
+        common = ["--data", str(corpus_dir(args, corpus)), "--deepspeed_config", "ds_configs/zero2.json",
+                  "--preset", "tiny", "--frame-size", str(args.frame_size), "--max-frames", str(args.max_frames),
+                  "--micro-batch-size", str(args.batch_size), "--num-workers", "0", "--log-every", "25",
+                  "--eval-every", "0", "--save-every", "500", "--lr", str(args.lr), "--warmup-steps", "50",
+                  "--seed", str(seed)]
+        runs = run_dir(args, corpus, seed, arm_name)
+        prefix = f"{corpus}/{seed}/{arm_name}"
+        needs_pretrain = []
+        if arm.pretrain is not None:
+            flags = list(arm.pretrain)
+            needs, view = [], None
+            if arm.records:
+                flags += ["--record-trajectory-every", "1"]
+            if arm.reference:
+                reference = run_dir(args, corpus, seed, arm.reference) / "pretrain"
+                if arm.trajectory_from > 1:
+                    view = (reference, runs / "reference_view", arm.trajectory_from)
+                    reference = runs / "reference_view"
+                flags += ["--reference-run", str(reference)]
+                needs = [f"{corpus}/{seed}/{arm.reference}/pretrain"]
+            jobs.append(Job(f"{prefix}/pretrain", runs / "pretrain", [
+                python, "-m", "recipe.pretrain", *common, "--out", str(runs / "pretrain"),
+                "--epochs", str(args.pretrain_epochs), *flags], needs, tier, view))
+            needs_pretrain = [f"{prefix}/pretrain"]
+        init = ["--init", str(runs / "pretrain")] if arm.pretrain is not None else []
+        epochs = args.finetune_epochs + (args.pretrain_epochs if arm.pretrain is None else 0)
+        jobs.append(Job(f"{prefix}/finetune", runs / "finetune", [
+            python, "-m", "recipe.finetune", *common, "--out", str(runs / "finetune"), "--epochs", str(epochs),
+            "--num-beams", str(args.num_beams), *init], needs_pretrain, tier))
+
     for seed in args.seeds:
+        extra = seed >= args.base_seeds
         for corpus in args.corpora:
-            common = ["--data", str(root / "corpora" / corpus), "--deepspeed_config", "ds_configs/zero2.json",
-                      "--preset", "tiny", "--frame-size", "32", "--max-frames", "64",
-                      "--micro-batch-size", str(args.batch_size), "--num-workers", "1", "--log-every", "10",
-                      "--eval-every", "0", "--save-every", "1000", "--lr", "1e-3", "--warmup-steps", "20",
-                      "--seed", str(seed)]
-            runs = root / corpus / f"seed{seed}"
-            reference = f"{corpus}/{seed}/random/pretrain"
-            for arm in ARMS:
-                pretrained = runs / arm / "pretrain"
-                if arm == "random":
-                    jobs.append(Job(reference, pretrained, [
-                        python, "-m", "recipe.pretrain", *common, "--out", str(pretrained), "--epochs",
-                        str(args.pretrain_epochs), "--negatives", "random",
-                        "--record-trajectory-every", str(args.record_every)]))
-                elif arm in RANDOM_ARMS:
-                    jobs.append(Job(f"{corpus}/{seed}/{arm}/pretrain", pretrained, [
-                        python, "-m", "recipe.pretrain", *common, "--out", str(pretrained), "--epochs",
-                        str(args.pretrain_epochs), "--negatives", "random", *RANDOM_ARMS[arm]]))
-                elif arm in PS_ARMS:
-                    jobs.append(Job(f"{corpus}/{seed}/{arm}/pretrain", pretrained, [
-                        python, "-m", "recipe.pretrain", *common, "--out", str(pretrained), "--epochs",
-                        str(args.pretrain_epochs), "--negatives", "ps", "--reference-run",
-                        str(runs / "random" / "pretrain"), *PS_ARMS[arm]], [reference]))
-                finetuned = runs / arm / "finetune"
-                init = [] if arm == "translation_only" else ["--init", str(pretrained)]
-                epochs = args.finetune_epochs + (args.pretrain_epochs if arm == "translation_only" else 0)
-                jobs.append(Job(f"{corpus}/{seed}/{arm}/finetune", finetuned, [
-                    python, "-m", "recipe.finetune", *common, "--out", str(finetuned), "--epochs", str(epochs),
-                    "--num-beams", str(args.num_beams), *init],
-                    [f"{corpus}/{seed}/{arm}/pretrain"] if init else []))
+            if corpus in MAIN_CORPORA:
+                for arm in MAIN_ARMS:
+                    if extra and arm not in CORE_ARMS:
+                        continue  # more seeds only where the main comparison needs the power
+                    add(corpus, seed, arm, 4 if extra else 0 if arm in CORE_ARMS else 1)
+            elif corpus == MECHANISM_CORPUS and not extra:
+                for arm in MECHANISM_ARMS:
+                    add(corpus, seed, arm, 2)
+            if corpus == args.ablation_corpus and seed < args.ablation_seeds:
+                for arm in ABLATION_ARMS:
+                    add(corpus, seed, arm, 3)
     wanted = {j.name for j in jobs if j.arm in args.arms}
-    wanted |= {need for j in jobs if j.name in wanted for need in j.needs}  # an ablation needs its reference run
-    return sorted((j for j in jobs if j.name in wanted), key=lambda j: j.arm not in MAIN_ARMS)  # stable sort
+    wanted |= {need for j in jobs if j.name in wanted for need in j.needs}  # an arm needs its reference run
+    jobs = [j for j in jobs if j.name in wanted]
+    return sorted(jobs, key=lambda j: (j.tier, j.seed))  # stable: corpora and arms keep their order
+
+
+def make_reference_view(reference: Path, view: Path, first_epoch: int) -> None:
+    """A run directory whose trajectory is the reference run's checkpoints from `first_epoch` on (symlinks)."""
+    from recipe.trajectory_store import TRAJECTORY_DIR, list_reference_checkpoints
+
+    folder = view / TRAJECTORY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for epoch, path in list_reference_checkpoints(reference):
+        link = folder / path.name
+        if epoch >= first_epoch and not link.exists():
+            link.symlink_to(path.resolve())
 
 
 def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
@@ -154,10 +247,12 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
             if job is None:
                 time.sleep(2)
                 continue
+            if job.reference_view is not None:
+                make_reference_view(*job.reference_view)
             log = log_dir / (job.name.replace("/", "_") + ".log")
             print(f"[start] {job.name}: {shlex.join(job.command)}", flush=True)
             started = time.perf_counter()
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_MININTERVAL": "30"}
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_MININTERVAL": "60"}
             with open(log, "a") as out:
                 code = subprocess.call(job.command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
             seconds = time.perf_counter() - started
@@ -178,32 +273,89 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
         thread.join()
 
 
-def main(argv: list[str] | None = None) -> None:
+def make_corpora(args: argparse.Namespace) -> None:
+    for corpus, command in corpus_commands(args).items():
+        if not (corpus_dir(args, corpus) / "index-test.json").exists():
+            print(f"[corpus] {shlex.join(command)}", flush=True)
+            subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def repro_check(args: argparse.Namespace) -> dict:
+    """The smallest configuration (cl, seed 0, the first corpus) trained again in fresh processes, each with
+    another PYTHONHASHSEED, into a new directory: every logged loss and every test score must equal the
+    study's run. Returns the comparison and writes it to RESULTS/quality_repro.json."""
+    corpus, seed, arm = args.corpora[0], args.seeds[0], "cl"
+    original = run_dir(args, corpus, seed, arm)
+    if not (original / "finetune" / "study_done.json").exists():
+        raise SystemExit(f"{original}: the study's run is not finished yet")
+    again = Path(args.out).resolve() / "repro" / arm
+    jobs = [j for j in plan_jobs(argparse.Namespace(**{**vars(args), "arms": [arm]}))
+            if j.corpus == corpus and j.seed == seed and j.arm == arm]
+    for job in jobs:
+        command = [str(again / job.stage) if part == str(job.out) else
+                   str(again / "pretrain") if part == str(original / "pretrain") else part for part in job.command]
+        if not (again / job.stage / "study_done.json").exists():
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": str(101 + len(job.stage))}
+            print(f"[repro] {shlex.join(command)}", flush=True)
+            subprocess.run(command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+            (again / job.stage / "study_done.json").write_text(json.dumps({"command": command}))
+
+    def losses(run: Path) -> list[float]:
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    result = {"corpus": corpus, "seed": seed, "arm": arm}
+    for stage in ("pretrain", "finetune"):
+        a, b = losses(original / stage), losses(again / stage)
+        result[f"{stage}_losses"] = len(a)
+        result[f"{stage}_identical"] = a == b
+    test_a = json.loads((original / "finetune" / "reports" / "test.json").read_text())
+    test_b = json.loads((again / "finetune" / "reports" / "test.json").read_text())
+    result["test_scores"] = {k: [test_a[k], test_b[k]] for k in ("bleu4", "bleu1", "rouge_l", "chrf")}
+    result["test_identical"] = all(a == b for a, b in result["test_scores"].values())
+    hyp_a = (original / "finetune" / "reports" / "test.hyp.tsv").read_text()
+    result["hypotheses_identical"] = hyp_a == (again / "finetune" / "reports" / "test.hyp.tsv").read_text()
+    (Path(args.results) / "quality_repro.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/quality", help="where corpora and runs go")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--base-seeds", type=int, default=5,
+                        help="seeds below this run every main arm; later seeds only cl, cl_masked and scl")
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--train", type=int, default=320, help="training videos per corpus")
-    parser.add_argument("--eval-samples", type=int, default=80, help="dev and test videos per corpus (each)")
+    parser.add_argument("--ablation-corpus", default="phoenix-like", choices=list(CORPORA))
+    parser.add_argument("--ablation-seeds", type=int, default=3, help="seeds 0..N-1 run the ablations")
+    parser.add_argument("--train", type=int, default=0, help="training videos per corpus (0: the preset's)")
+    parser.add_argument("--dev", type=int, default=0, help="dev videos (0: the preset's)")
+    parser.add_argument("--test", type=int, default=0, help="test videos (0: the preset's)")
     parser.add_argument("--pretrain-epochs", type=int, default=6)
-    parser.add_argument("--record-every", type=int, default=2, help="reference checkpoint every k epochs")
-    parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--finetune-epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--frame-size", type=int, default=32)
+    parser.add_argument("--max-frames", type=int, default=64)
     parser.add_argument("--num-beams", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="runs at once (each uses one thread)")
     parser.add_argument("--report", action="store_true", help="only aggregate the finished runs")
+    parser.add_argument("--repro-check", action="store_true", help="rerun the smallest configuration and compare")
     parser.add_argument("--results", default=str(RESULTS), help="where quality.md, quality.json and plots go")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     root = Path(args.out).resolve()
     jobs = plan_jobs(args)
+    if args.repro_check:
+        repro_check(args)
+        return
     if not args.report:
         (root / "logs").mkdir(parents=True, exist_ok=True)
-        for name, command in corpus_commands(args).items():
-            if not (root / "corpora" / name / "index-test.json").exists():
-                print(f"[corpus] {shlex.join(command)}", flush=True)
-                subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        make_corpora(args)
         run_jobs(jobs, args.workers, root / "logs")
     from quality_report import write_report  # the aggregation: benchmarks/quality_report.py
 

@@ -1,13 +1,10 @@
 """Aggregate the quality study (benchmarks/bench_quality.py) into results/quality.md, quality.json and plots.
 
-Per corpus and arm: test BLEU-1..4, ROUGE-L and chrF of the finetuned model, dev retrieval R@1 of the
-pretrained one, as mean +- std over the seeds that finished; the paired per-seed difference of every arm to
-random negatives; the trajectory-analysis table of the reference runs next to the paper's; two plots.
-
-The verdict rule, stated once: an arm beats random negatives "beyond the seed spread" when its paired
-difference has the same sign for every seed AND the mean difference exceeds the larger of the two arms' seed
-standard deviations. With 3 seeds this is a rough screen, not a significance test; the table gives the
-numbers to judge by.
+Per corpus: every arm's test BLEU-1..4, ROUGE-L and chrF after finetuning and its dev retrieval R@1 after
+pretraining (mean +- std over seeds); the comparisons the paper makes, each a paired difference over seeds with
+a 95% interval that also counts test-set sampling (`quality_stats.py` says how); the cost of each arm in wall
+time and optimizer steps, its reference run included; the reference runs' trajectory categories next to the
+paper's, overall and per ground-truth pair kind; twins per batch in Pair Selection vs random batches.
 
 Everything after the line `<!-- discussion -->` in an existing quality.md is kept: that is where a person
 writes what the numbers mean.
@@ -15,6 +12,7 @@ writes what the numbers mean.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shlex
 import statistics
@@ -23,232 +21,338 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from negative_overlap import analyse as analyse_overlaps
-from negative_overlap import markdown as markdown_overlaps
+from bench_quality import ARMS, MAIN_CORPORA, MECHANISM_CORPUS, run_dir
+from quality_stats import METRICS, paired_difference, run_stats, t_quantile
 
-METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "chrf")
 RETRIEVAL = ("dev_v2t_r1", "dev_t2v_r1")
 DISCUSSION_MARK = "<!-- discussion -->"
-ARM_TITLES = {
-    "translation_only": "translation only (no pretraining, same steps)",
-    "random": "random negatives (GFSLT-VLP)",
-    "ps_log": "**Pair Selection, log curriculum (SCL-SLT)**",
-    "ps_last": "PS, score = last reference checkpoint",
-    "ps_no_mask": "PS, same-sentence masking off",
-    "ps_easy": "PS, easy-only curriculum",
-    "ps_hard": "PS, hard-only curriculum",
-    "ps_batches_only": "PS batches, every negative kept",
-    "random_contrastive": "random negatives, contrastive-only pretraining",
-    "ps_log_contrastive": "PS log, contrastive-only pretraining",
-}
+PAPER_TRAJECTORIES = {"high_to_low": "36%", "stays_high": "32%", "low_to_high": "18%"}
+# (arm, baseline, what it answers): the paper's claims first.
+MAIN_COMPARISONS = (
+    ("scl", "cl", "SCL-SLT vs CL-SLT: the paper's claim (both plain InfoNCE)"),
+    ("scl", "cl_masked", "SCL-SLT vs CL with same-sentence masking (ours)"),
+    ("scl_masked", "cl_masked", "Pair Selection when both mask same-sentence pairs"),
+    ("cl_masked", "cl", "same-sentence masking, random negatives"),
+    ("cl", "translation_only", "contrastive pretraining vs none (same steps)"),
+    ("scl_self", "scl", "--reference-run self vs the two-run method"),
+    ("scl_self", "cl", "--reference-run self vs CL-SLT"),
+    ("scl_iid", "scl", "translation loss on i.i.d. batches (ours) vs on PS batches"),
+)
+MECHANISM_COMPARISONS = (("scl", "cl", "SCL-SLT vs CL-SLT where false negatives are frequent"),)
+ABLATION_COMPARISONS = (
+    ("scl_easy", "scl", "easy only vs log"), ("scl_hard", "scl", "hard only vs log"),
+    ("scl_linear", "scl", "linear vs log"), ("scl_sqrt", "scl", "sqrt vs log"),
+    ("scl_from2", "scl", "trajectory from epoch 2 vs 1"), ("scl_from3", "scl", "trajectory from epoch 3 vs 1"),
+    ("scl_cls", "scl", "CLS vs token-level PS score"), ("scl_mean", "scl", "mean-pooled vs token-level PS score"),
+    ("scl_mean", "scl_cls", "mean-pooled vs CLS PS score"), ("scl_last", "scl", "last checkpoint only vs delta"),
+)
+
+
+# --- what finished ----------------------------------------------------------------------------------------
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _last_eval(run: Path) -> dict:
-    """The final dev evaluation a pretraining run logged."""
-    evals = [json.loads(line)["eval"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if '"eval"' in line]
+    evals = [r["eval"] for r in _records(run) if "eval" in r]
     return evals[-1] if evals else {}
 
 
-def collect(root: Path, corpora: list[str], seeds: list[int], arms: list[str]) -> dict:
-    """results[corpus][arm][seed] = {metric: value, ..., "seconds": wall seconds of its runs}."""
+def _steps(run: Path) -> int:
+    return max((r["step"] for r in _records(run) if "loss" in r), default=0)
+
+
+def collect(root: Path, args, jobs: list) -> dict:
+    """results[corpus][arm][seed] = {metrics..., "stats": SentenceStats, "seconds", "steps"} of finished arms."""
     results: dict = {}
-    for corpus in corpora:
-        for arm in arms:
-            for seed in seeds:
-                runs = root / corpus / f"seed{seed}" / arm
-                test = runs / "finetune" / "reports" / "test.json"
-                if not (runs / "finetune" / "study_done.json").exists() or not test.exists():
-                    continue
-                row = {k: json.loads(test.read_text())[k] for k in METRICS}
-                row["seconds"] = json.loads((runs / "finetune" / "study_done.json").read_text())["seconds"]
-                if arm != "translation_only":
-                    pretrain = runs / "pretrain"
-                    evaluation = _last_eval(pretrain)
-                    row.update({k: evaluation[k] for k in RETRIEVAL if k in evaluation})
-                    row["seconds"] += json.loads((pretrain / "study_done.json").read_text())["seconds"]
-                results.setdefault(corpus, {}).setdefault(arm, {})[seed] = row
+    finished = {j.name for j in jobs if j.done}
+    for job in jobs:
+        if job.stage != "finetune" or job.name not in finished:
+            continue
+        runs = run_dir(args, job.corpus, job.seed, job.arm)
+        report = runs / "finetune" / "reports"
+        row = {k: json.loads((report / "test.json").read_text())[k] for k in METRICS}
+        row["stats"] = run_stats(report / "test.hyp.tsv")
+        row["seconds"] = json.loads((runs / "finetune" / "study_done.json").read_text())["seconds"]
+        row["steps"] = _steps(runs / "finetune")
+        row["own_seconds"], row["own_steps"] = row["seconds"], row["steps"]
+        arm = ARMS[job.arm]
+        if arm.pretrain is not None:
+            evaluation = _last_eval(runs / "pretrain")
+            row.update({k: evaluation[k] for k in RETRIEVAL if k in evaluation})  # percent
+            pretrain_seconds = json.loads((runs / "pretrain" / "study_done.json").read_text())["seconds"]
+            row["own_seconds"] += pretrain_seconds
+            row["own_steps"] += _steps(runs / "pretrain")
+            row["seconds"], row["steps"] = row["own_seconds"], row["own_steps"]
+            if arm.reference:  # two-run Pair Selection pays for its reference run too
+                reference = run_dir(args, job.corpus, job.seed, arm.reference) / "pretrain"
+                row["seconds"] += json.loads((reference / "study_done.json").read_text())["seconds"]
+                row["steps"] += _steps(reference)
+        results.setdefault(job.corpus, {}).setdefault(job.arm, {})[job.seed] = row
     return results
 
 
+# --- numbers ----------------------------------------------------------------------------------------------
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], digits: int = 1) -> str:
     if not values:
         return "-"
     mean, std = mean_std(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def paired(results: dict, corpus: str, arm: str, metric: str, baseline: str = "random") -> dict | None:
-    """Per-seed differences arm - baseline on the seeds both finished, and the verdict rule of the docstring."""
-    mine, base = results[corpus].get(arm, {}), results[corpus].get(baseline, {})
-    seeds = sorted(set(mine) & set(base))
-    if not seeds or any(metric not in mine[s] or metric not in base[s] for s in seeds):
+def seed_interval(arm: dict, base: dict, metric: str) -> dict | None:
+    """Paired difference over seeds alone (for dev retrieval, which has no per-sentence statistics)."""
+    seeds = sorted(s for s in set(arm) & set(base) if metric in arm[s] and metric in base[s])
+    if not seeds:
         return None
-    diffs = [mine[s][metric] - base[s][metric] for s in seeds]
+    diffs = [arm[s][metric] - base[s][metric] for s in seeds]
     mean = statistics.fmean(diffs)
-    spread = max(mean_std([mine[s][metric] for s in seeds])[1], mean_std([base[s][metric] for s in seeds])[1])
-    same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
-    beyond = len(seeds) > 1 and same_sign and abs(mean) > spread
-    return {"seeds": seeds, "diffs": diffs, "mean": mean, "spread": spread, "beyond_spread": beyond}
+    half = t_quantile(len(seeds) - 1) * statistics.stdev(diffs) / math.sqrt(len(seeds)) if len(seeds) > 1 else math.inf
+    return {"metric": metric, "seeds": seeds, "per_seed": diffs, "mean": mean, "low": mean - half, "high": mean + half}
 
 
-def trajectory_tables(root: Path, corpora: list[str], seeds: list[int], out: Path) -> dict:
-    """Run recipe.analyze_trajectories on every finished reference run (absolute and relative thresholds);
-    mean shares over seeds. Seed 0's plots are copied next to the report."""
-    from recipe.analyze_trajectories import CATEGORIES
+def compare(results: dict, corpus: str, arm: str, base: str, resamples: int) -> dict | None:
+    mine, other = results.get(corpus, {}).get(arm), results.get(corpus, {}).get(base)
+    if not mine or not other or not set(mine) & set(other):
+        return None
+    out = {}
+    for metric in ("bleu4", "bleu1", "rouge_l", "chrf"):
+        stats_a = {s: r["stats"] for s, r in mine.items()}
+        stats_b = {s: r["stats"] for s, r in other.items()}
+        out[metric] = paired_difference(stats_a, stats_b, metric, resamples=resamples).as_dict()
+    for metric in RETRIEVAL:
+        found = seed_interval(mine, other, metric)
+        if found:
+            out[metric] = found
+    return out
 
+
+def verdict(diff: dict) -> str:
+    if diff["low"] > 0:
+        return "**better**"
+    if diff["high"] < 0:
+        return "**worse**"
+    return "no difference shown"
+
+
+def interval(diff: dict | None) -> str:
+    if not diff:
+        return "-"
+    return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]"
+
+
+# --- trajectories and twins ------------------------------------------------------------------------------
+def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
+    """`recipe.analyze_trajectories` on the finished reference runs (cl) of each corpus, with the corpus's
+    ground truth; mean shares over seeds, overall and per pair kind. Seed 0's plots go next to the report."""
     tables: dict = {}
-    for corpus in corpora:
-        for mode, extra in (("absolute 0.5 / 0.3", []), ("relative (quantiles 0.5 / 0.3)", ["--relative"])):
-            shares: dict[str, list[float]] = {c: [] for c in CATEGORIES}
-            for seed in seeds:
-                reference = root / corpus / f"seed{seed}" / "random" / "pretrain"
-                if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
-                    continue
-                analysis = root / "analysis" / corpus / f"seed{seed}" / ("relative" if extra else "absolute")
-                if not (analysis / "trajectory_categories.json").exists():
-                    subprocess.run([sys.executable, "-m", "recipe.analyze_trajectories", str(reference),
-                                    "--out", str(analysis), *extra], check=True, capture_output=True)
-                found = json.loads((analysis / "trajectory_categories.json").read_text())["shares"]
-                for c in CATEGORIES:
-                    shares[c].append(100 * found[c])
-                if seed == seeds[0] and not extra:
-                    for plot in analysis.glob("*.png"):
-                        (out / f"trajectories_{corpus}_{plot.name}").write_bytes(plot.read_bytes())
-            if shares[CATEGORIES[0]]:
-                tables.setdefault(corpus, {})[mode] = shares
+    for corpus in args.corpora:
+        overall: dict[str, list[float]] = {}
+        by_kind: dict[str, dict[str, list[float]]] = {}
+        for seed in args.seeds:
+            reference = run_dir(args, corpus, seed, "cl") / "pretrain"
+            if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
+                continue
+            analysis = root / "analysis" / corpus / f"seed{seed}"
+            summary_path = analysis / "trajectory_categories.json"
+            if not summary_path.exists():
+                subprocess.run([sys.executable, "-m", "recipe.analyze_trajectories", str(reference), "--out",
+                                str(analysis), "--relative", "--data", str(root / "corpora" / corpus)],
+                               check=True, capture_output=True)
+            summary = json.loads(summary_path.read_text())
+            for category, share in summary["shares"].items():
+                overall.setdefault(category, []).append(100 * share)
+            for kind, found in summary.get("by_kind", {}).items():
+                for category, share in found["shares"].items():
+                    by_kind.setdefault(kind, {}).setdefault(category, []).append(100 * share)
+                by_kind[kind].setdefault("pairs", []).append(found.get("pairs", 0))
+            if seed == args.seeds[0]:
+                for plot in analysis.glob("*.png"):
+                    (results_dir / "quality" / f"trajectories_{corpus}_{plot.name}").write_bytes(plot.read_bytes())
+        if overall:
+            tables[corpus] = {"overall": overall, "by_kind": by_kind}
     return tables
 
 
-def negative_overlaps(root: Path, corpora: list[str], seed: int, args) -> dict:
-    """benchmarks/negative_overlap.py on each corpus's reference run of `seed`: which negatives PS picks."""
-    found = {}
-    for corpus in corpora:
-        reference = root / corpus / f"seed{seed}" / "random" / "pretrain"
-        if (reference / "study_done.json").exists() and any(reference.glob("trajectories/ref-*")):
-            found[f"{corpus} (seed {seed})"] = analyse_overlaps(str(reference), str(root / "corpora" / corpus),
-                                                       args.pretrain_epochs, args.batch_size, seed)
-    return found
+def twin_tables(args) -> dict[str, list[str]]:
+    """Twins per global batch in Pair Selection batches vs random ones, on each main corpus's first reference
+    run (`benchmarks/bench_sampler.py`'s measurement, at alpha 0, 0.5 and 1)."""
+    from bench_sampler import twin_rows
+
+    from recipe.pair_selection import PairScorer
+    from recipe.trajectory_store import load_trajectory
+
+    tables = {}
+    for corpus in args.corpora:
+        reference = run_dir(args, corpus, args.seeds[0], "cl") / "pretrain"
+        if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
+            continue
+        trajectory = load_trajectory(reference, load_tokens=False)
+        shared = PairScorer(trajectory, "delta", "token").symmetric_scores()
+        tables[corpus] = twin_rows(f"{corpus} seed {args.seeds[0]}", lambda mode: PairScorer(
+            trajectory, "delta", "token", same_sentence=mode, symmetric_scores=shared), trajectory,
+            batch=args.batch_size)
+    return tables
 
 
-def plot(results: dict, arms: list[str], path: Path) -> None:
+# --- plots -----------------------------------------------------------------------------------------------
+def plot_arms(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     corpora = list(results)
-    fig, axes = plt.subplots(len(corpora), 2, figsize=(12, 3.6 * len(corpora)), squeeze=False)
-    for row, corpus in enumerate(corpora):
-        for col, (metric, label) in enumerate((("bleu4", "test BLEU-4"), ("dev_v2t_r1", "dev R@1 video->text (%)"))):
-            ax = axes[row][col]
-            shown = [a for a in arms if any(metric in r for r in results[corpus].get(a, {}).values())]
-            for x, arm in enumerate(shown):
-                values = [r[metric] for r in results[corpus][arm].values() if metric in r]
-                mean, std = mean_std(values)
-                ax.bar(x, mean, yerr=0 if len(values) < 2 else std, capsize=4,
-                       color="tab:red" if arm == "ps_log" else "tab:gray" if arm == "random" else "tab:blue")
-                ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)
-            ax.set_xticks(range(len(shown)), shown, rotation=25, ha="right")
-            ax.set_title(f"{corpus}: {label} (bars: mean ± std over seeds; dots: seeds)")
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.2), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        arms = [a for a in ARMS if a in results[corpus]]
+        for x, arm in enumerate(arms):
+            values = [r["bleu4"] for r in results[corpus][arm].values()]
+            ax.bar(x, statistics.fmean(values), color="tab:red" if arm.startswith("scl") else "tab:gray", alpha=0.6)
+            ax.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+        ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right")
+        ax.set_title(f"{corpus}: test BLEU-4 (bars: mean; dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_report(root: Path, args, jobs: list, results_dir: Path) -> Path:
+def plot_differences(comparisons: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{corpus}: {arm} − {base}", found["bleu4"]) for corpus, items in comparisons.items()
+            for (arm, base, _), found in items if found]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    for y, (label, diff) in enumerate(reversed(rows)):
+        ax.plot([diff["low"], diff["high"]], [y, y], color="tab:blue")
+        ax.scatter([diff["mean"]], [y], color="tab:blue", zorder=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize=8)
+    ax.set_xlabel("test BLEU-4 difference, 95% interval (seeds + test sentences)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the report -------------------------------------------------------------------------------------------
+def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int = 1000) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     plots = results_dir / "quality"
     plots.mkdir(exist_ok=True)
-    arms = [a for a in ARM_TITLES if a in args.arms]
-    results = collect(root, args.corpora, args.seeds, arms)
-    tables = trajectory_tables(root, args.corpora, args.seeds, plots)
-    overlaps = negative_overlaps(root, args.corpora, args.seeds[0], args)
-    if results:
-        plot(results, arms, plots / "quality_bleu4_r1.png")
-
-    study_args = [a for a in sys.argv[1:] if a != "--report"]  # the command that ran the study, not this report
-    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py " + shlex.join(study_args)
-    lines = [
-        "# Quality study: Pair Selection vs random negatives (issue 8)", "",
-        f"Generated by `benchmarks/quality_report.py` on {date.today()} ({platform.machine()}, "
-        f"{_cpu_count()} CPU cores, shared; {_versions()}). Command (from the repository root):", "",
-        f"```bash\n{command}\n```", "",
-        "Setup. Two synthetic corpora from `sharded_data.synth --preset tiny` (60-word grammar), "
-        f"{args.train} training videos each, {args.eval_samples} dev and {args.eval_samples} test videos: "
-        "**csl** = every sentence signed by 2-6 signers; **phoenix** = one signer per sentence plus 2 greetings "
-        f"signed 24 times each. Model: `tiny` preset, ZeRO-2, 1 CPU rank, batch {args.batch_size}, lr 1e-3. "
-        f"Contrastive arms: {args.pretrain_epochs} pretraining epochs (contrastive + translation loss) then "
-        f"{args.finetune_epochs} finetuning epochs; translation only: {args.pretrain_epochs + args.finetune_epochs} "
-        f"finetuning epochs, the same number of optimizer steps. The random arm records trajectories every "
-        f"{args.record_every} epochs and is the reference run of the PS arms of its seed (the PS arms' extra cost). "
-        f"Test decoding: beam {args.num_beams}. Seeds {args.seeds} (model init, sampling, augmentation; the "
-        "corpus is fixed).", "",
-    ]
+    results = collect(root, args, jobs)
+    comparisons: dict = {}
     for corpus in results:
-        lines += [f"## {corpus}", "",
-                  "| arm | seeds | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | ROUGE-L | chrF | dev R@1 v2t | dev R@1 t2v | "
-                  "BLEU-4 vs random (per seed) | min per seed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for arm in arms:
-            rows = results[corpus].get(arm, {})
-            if not rows:
-                continue
-            cells = [fmt([r[m] for r in rows.values() if m in r]) for m in (*METRICS, *RETRIEVAL)]
-            diff = paired(results, corpus, arm, "bleu4") if arm != "random" else None
-            versus = "" if diff is None else (f"{diff['mean']:+.1f} ({', '.join(f'{d:+.1f}' for d in diff['diffs'])})"
-                                              + (" **beyond spread**" if diff["beyond_spread"] else ""))
-            minutes = statistics.fmean(r["seconds"] for r in rows.values()) / 60
-            lines.append(f"| {ARM_TITLES[arm]} | {len(rows)} | " + " | ".join(cells) + f" | {versus} | {minutes:.1f} |")
-        lines.append("")
-        for metric, name in (("bleu4", "test BLEU-4"), ("dev_v2t_r1", "dev R@1 v2t")):
-            diff = paired(results, corpus, "ps_log", metric)
-            if diff:
-                lines.append(
-                    f"- PS (log) − random, {name}: {diff['mean']:+.2f} (per seed {', '.join(f'{d:+.1f}' for d in diff['diffs'])}; "
-                    f"larger seed std {diff['spread']:.2f}) → "
-                    + ("**beyond the seed spread**" if diff["beyond_spread"] else "**not** beyond the seed spread"))
-        lines.append("")
-
-    if tables:
-        lines += ["## Trajectory analysis of the reference runs (negative pairs, first vs last reference checkpoint)", "",
-                  "Mean share over the seeds' reference runs (`python -m recipe.analyze_trajectories RUN [--relative]`).", "",
-                  "| corpus | thresholds | high→low | stays high | low→high | stays low | other |",
-                  "|---|---|---|---|---|---|---|"]
-        for corpus, modes in tables.items():
-            for mode, shares in modes.items():
-                lines.append(f"| {corpus} | {mode} | " + " | ".join(fmt(shares[c]) + "%" for c in shares) + " |")
-        lines += ["| paper (PHOENIX-2014T) | | 36% | 32% | 18% | | |", ""]
-
-    if overlaps:
-        lines += ["## Which negatives Pair Selection picks", "",
-                  "Word overlap of the two sentences of a negative pair: word Jaccard / share of pairs at most one word "
-                  "apart (`python benchmarks/negative_overlap.py REFERENCE_RUN CORPUS`). PS score = delta of the "
-                  "reference run; in-batch pairs: the batches the samplers build at that epoch of a "
-                  f"{args.pretrain_epochs}-epoch run with global batch {args.batch_size}, and the pairs the loss mask "
-                  "keeps (keep fraction 0.5, log curriculum).", "", *markdown_overlaps(overlaps), ""]
-
+        items = (MAIN_COMPARISONS if corpus in MAIN_CORPORA else ()) + \
+                (MECHANISM_COMPARISONS if corpus == MECHANISM_CORPUS else ()) + \
+                (ABLATION_COMPARISONS if corpus == args.ablation_corpus else ())
+        comparisons[corpus] = [(item, compare(results, corpus, item[0], item[1], resamples)) for item in items]
+    tables = trajectory_tables(root, args, results_dir)
+    twins = twin_tables(args)
     if results:
-        lines += ["## Plots", "", "![BLEU-4 and R@1 per arm](quality/quality_bleu4_r1.png)", ""]
-        lines += [f"![{p.stem}](quality/{p.name})" for p in sorted(plots.glob("trajectories_*.png"))] + [""]
+        plot_arms(results, plots / "quality_bleu4.png")
+        plot_differences(comparisons, plots / "quality_differences.png")
 
+    study_args = [a for a in sys.argv[1:] if a not in ("--report",)]
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py " + shlex.join(study_args)
+    finished = [j for j in jobs if j.done]
+    cpu_hours = sum(json.loads((j.out / "study_done.json").read_text())["seconds"] for j in finished) / 3600
+    lines = [
+        "# Quality study: the paper's tables at CPU scale", "",
+        f"Generated by `benchmarks/quality_report.py` on {date.today()} ({platform.machine()}, "
+        f"{_cpu_count()} CPU cores; {_versions()}). Command (from the repository root; resumable, "
+        f"`--report` only aggregates):", "", f"```bash\n{command}\n```", "",
+        f"Finished runs: {len(finished)} of {len(jobs)}, {cpu_hours:.1f} hours of run time in all (each run one "
+        f"CPU thread, {args.workers} at a time).", "",
+        f"Setup: corpora from `sharded_data.synth --preset CORPUS --seed 0` ({', '.join(args.corpora)}); `tiny` "
+        f"model, {args.frame_size} px frames, at most {args.max_frames} frames, batch {args.batch_size}, lr "
+        f"{args.lr}, one CPU rank. Pretraining {args.pretrain_epochs} epochs (contrastive + translation), "
+        f"finetuning {args.finetune_epochs} epochs; translation only: {args.pretrain_epochs + args.finetune_epochs} "
+        f"finetuning epochs. Test decoding: beam {args.num_beams}. Seeds {args.seeds} (ablations: the first "
+        f"{args.ablation_seeds}, on {args.ablation_corpus}).", "",
+        "Intervals: 95%, paired over seeds (t) with the test-sentence bootstrap added in variance "
+        "(`benchmarks/quality_stats.py`); dev R@1: over seeds only. An interval that excludes 0 says **better** or "
+        "**worse**; otherwise no difference was shown.", "",
+    ]
+    for corpus, arms in results.items():
+        lines += [f"## {corpus}", "",
+                  "| arm | seeds | BLEU-1 | BLEU-4 | ROUGE-L | chrF | dev R@1 v2t | dev R@1 t2v | minutes (incl. reference) | "
+                  "optimizer steps (incl. reference) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for arm, rows in ((a, arms[a]) for a in ARMS if a in arms):
+            cells = [fmt([r[m] for r in rows.values() if m in r]) for m in ("bleu1", "bleu4", "rouge_l", "chrf", *RETRIEVAL)]
+            minutes = statistics.fmean(r["seconds"] for r in rows.values()) / 60
+            own = statistics.fmean(r["own_seconds"] for r in rows.values()) / 60
+            steps = statistics.fmean(r["steps"] for r in rows.values())
+            own_steps = statistics.fmean(r["own_steps"] for r in rows.values())
+            cost = f"{minutes:.1f}" if minutes == own else f"{own:.1f} ({minutes:.1f})"
+            step_cost = f"{own_steps:.0f}" if steps == own_steps else f"{own_steps:.0f} ({steps:.0f})"
+            lines.append(f"| {ARMS[arm].title} (`{arm}`) | {len(rows)} | " + " | ".join(cells) + f" | {cost} | {step_cost} |")
+        lines += ["", "| comparison | seeds | BLEU-4 | BLEU-1 | ROUGE-L | chrF | dev R@1 v2t | BLEU-4 per seed | "
+                  "BLEU-4: se seeds / se sentences | verdict (BLEU-4) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for (arm, base, what), found in comparisons.get(corpus, []):
+            if not found:
+                continue
+            b4 = found["bleu4"]
+            per_seed = ", ".join(f"{d:+.1f}" for d in b4["per_seed"])
+            lines.append(f"| {what}: `{arm}` − `{base}` | {len(b4['seeds'])} | " +
+                         " | ".join(interval(found.get(m)) for m in ("bleu4", "bleu1", "rouge_l", "chrf", "dev_v2t_r1")) +
+                         f" | {per_seed} | {b4['se_seed']:.2f} / {b4['se_sentence']:.2f} | {verdict(b4)} |")
+        lines.append("")
+    if tables:
+        lines += ["## Trajectories of the reference runs (CL-SLT), next to the paper's", "",
+                  "Negative pairs by their similarity at the first and the last reference checkpoint (relative "
+                  "thresholds: quantiles 0.5 / 0.3 of all similarities), mean share over seeds "
+                  "(`python -m recipe.analyze_trajectories RUN --relative --data CORPUS`).", "",
+                  "| corpus | pairs | high→low | stays high | low→high | stays low | other |", "|---|---|---|---|---|---|---|"]
+        for corpus, found in tables.items():
+            shares = found["overall"]
+            lines.append(f"| {corpus} | all negatives | " + " | ".join(fmt(shares.get(c, [])) + "%" for c in
+                         ("high_to_low", "stays_high", "low_to_high", "stays_low", "other")) + " |")
+            for kind, kind_shares in found["by_kind"].items():
+                count = statistics.fmean(kind_shares.get("pairs", [0]))
+                lines.append(f"| {corpus} | {kind} ({count:.0f} pairs) | " + " | ".join(
+                    fmt(kind_shares.get(c, [])) + "%" for c in
+                    ("high_to_low", "stays_high", "low_to_high", "stays_low", "other")) + " |")
+        lines += ["| the paper (PHOENIX-2014T) | all negatives | " + " | ".join(
+            PAPER_TRAJECTORIES.get(c, "") for c in ("high_to_low", "stays_high", "low_to_high", "stays_low", "other"))
+            + " |", ""]
+    if twins:
+        lines += ["## Twins (same-sentence pairs) per global batch: Pair Selection vs random", "",
+                  "Mean same-sentence pairs per batch of the curriculum sampler at a fixed alpha, on the reference "
+                  "run of seed 0 (`benchmarks/bench_sampler.py`'s measurement; 'mask' = `--same-sentence mask`, "
+                  "'negative' = the paper's plain InfoNCE).", "",
+                  "| trajectories | rule | pool | alpha 0 | alpha 0.5 | alpha 1 |", "|---|---|---|---:|---:|---:|"]
+        for rows in twins.values():
+            lines += [row for row in rows if not row.startswith(("| trajectories", "|---"))]
+        lines.append("")
+    if results:
+        lines += ["## Plots", "", "![BLEU-4 per arm](quality/quality_bleu4.png)", "",
+                  "![differences with intervals](quality/quality_differences.png)", ""]
+        lines += [f"![{p.stem}](quality/{p.name})" for p in sorted(plots.glob("trajectories_*.png"))] + [""]
     missing = [j.name for j in jobs if not j.done]
     lines += [f"Runs not finished when this report was written: {len(missing)} of {len(jobs)}"
-              + (f" ({', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''})" if missing else "") + ".", ""]
+              + (f" ({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''})" if missing else "") + ".", ""]
 
     report = results_dir / "quality.md"
     discussion = ""
     if report.exists() and DISCUSSION_MARK in report.read_text():
         discussion = report.read_text().split(DISCUSSION_MARK, 1)[1]
     report.write_text("\n".join(lines) + f"\n{DISCUSSION_MARK}{discussion}")
+    plain = {corpus: {arm: {seed: {k: v for k, v in row.items() if k != "stats"} for seed, row in rows.items()}
+                      for arm, rows in arms.items()} for corpus, arms in results.items()}
     (results_dir / "quality.json").write_text(json.dumps(
-        {"settings": {k: _portable(v) for k, v in vars(args).items()}, "results": results, "trajectories": tables,
-         "negative_overlap": overlaps},
-        indent=1, default=str))
+        {"settings": {k: _portable(v) for k, v in vars(args).items()}, "results": plain,
+         "comparisons": {c: [{"arm": a, "baseline": b, "question": w, **(found or {})} for (a, b, w), found in items]
+                         for c, items in comparisons.items()},
+         "trajectories": tables}, indent=1, default=str))
     print(f"report: {report}")
     return report
 
@@ -265,7 +369,7 @@ def _versions() -> str:
     """The packages whose version changed results before (transformers 5.24 renamed the decoder cache)."""
     from importlib.metadata import version
 
-    return ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "deepspeed", "peft"))
+    return ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "deepspeed", "peft", "sacrebleu"))
 
 
 def _cpu_count() -> int:

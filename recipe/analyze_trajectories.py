@@ -10,6 +10,12 @@ two thresholds are quantiles of all sampled similarities over all checkpoints in
 (useful when a small model's similarities crowd into a narrow range). Above --max-pairs ordered pairs,
 a uniform random sample of them is used.
 
+With the run's shard directory (`--data`, default: the run's own `data` setting) each pair also gets its
+ground-truth kind (sharded_data.pair_stats: exact twin, hidden twin = same glosses and another text, one
+sign apart, same signer, unrelated), and the table shows the categories per kind: what "stays high"
+really consists of. Exact twins are never negatives; their row shows the same-sentence pairs. Corpora
+without glosses have no hidden-twin or one-sign-apart rows.
+
 Writes DIR/trajectory_categories.{json,md} (with the paper's shares for comparison) and three plots:
 trajectory_examples.png (example trajectories per category), delta_histogram.png (PS score delta of
 negatives vs same-sentence pairs, which are never scored as negatives) and curriculum_schedules.png
@@ -25,6 +31,7 @@ import numpy as np
 
 from recipe.curriculum import SCHEDULES, CurriculumSchedule
 from recipe.trajectory_store import Trajectory, load_trajectory
+from sharded_data.pair_stats import KIND_LABELS, KINDS, PairKinds, PairSample, load_pair_samples
 
 CATEGORIES = ("high_to_low", "stays_high", "low_to_high", "stays_low", "other")
 LABELS = {
@@ -96,8 +103,10 @@ def analyze(
     relative: bool = False,
     max_pairs: int = 200_000,
     seed: int = 0,
+    samples: list[PairSample] | None = None,
 ) -> tuple[dict, dict]:
-    """Return (summary for JSON, arrays for the plots)."""
+    """Return (summary for JSON, arrays for the plots). `samples`: the training split's ground truth, indexed
+    by sample id (`sharded_data.pair_stats.load_pair_samples`), for the categories per pair kind."""
     if trajectory.num_checkpoints < 2:
         raise ValueError(f"trajectory analysis needs >= 2 reference checkpoints, got {trajectory.num_checkpoints}")
     rng = np.random.default_rng(seed)
@@ -111,8 +120,8 @@ def analyze(
     counts = np.bincount(category, minlength=len(CATEGORIES))
     delta = sims[-1] - sims[0]
     same_video, same_text = same_sentence_pairs(trajectory, max_pairs, rng)
-    same_delta = trajectory.pair_similarities(same_video, same_text).numpy()
-    same_delta = same_delta[-1] - same_delta[0]
+    same_sims = trajectory.pair_similarities(same_video, same_text).numpy()
+    same_delta = same_sims[-1] - same_sims[0]
     n = int(len(category))
     summary = {
         "run_checkpoints": [str(p) for p in trajectory.paths],
@@ -128,8 +137,32 @@ def analyze(
         "delta_same_sentence": _stats(same_delta),
         "num_same_sentence_pairs": int(len(same_delta)),
     }
+    if samples is not None:
+        same_category = categorize(same_sims[0], same_sims[-1], high_value, low_value)
+        summary["by_kind"] = categories_by_kind(samples, video_ids, text_ids, category, same_category)
     arrays = {"sims": sims, "category": category, "delta": delta, "same_delta": same_delta}
     return summary, arrays
+
+
+def categories_by_kind(samples: list[PairSample], video_ids: np.ndarray, text_ids: np.ndarray,
+                       category: np.ndarray, same_category: np.ndarray) -> dict:
+    """{kind: {pairs, counts, shares}}: the trajectory categories of the negative pairs of each ground-truth
+    kind, plus the same-sentence pairs as the exact-twin row (they are never negatives)."""
+    if int(max(video_ids.max(initial=-1), text_ids.max(initial=-1))) >= len(samples):
+        raise ValueError(f"the trajectory has sample ids up to {int(max(video_ids.max(), text_ids.max()))} but the "
+                         f"shard directory's train split has {len(samples)} samples: --data is not this run's data")
+    kinds = PairKinds(samples)
+    kind_of = np.array([KINDS.index(kinds.kind(int(i), int(j))) for i, j in zip(video_ids, text_ids)], dtype=np.int64)
+    out = {}
+    for position, kind in enumerate(KINDS):
+        members = same_category if kind == "exact_twin" else category[kind_of == position]
+        counts = np.bincount(members, minlength=len(CATEGORIES))
+        total = int(counts.sum())
+        out[kind] = {"pairs": total, "counts": {c: int(k) for c, k in zip(CATEGORIES, counts)},
+                     "shares": {c: (float(k) / total if total else 0.0) for c, k in zip(CATEGORIES, counts)}}
+    out["has_gloss"] = kinds.has_gloss
+    out["has_signer"] = kinds.has_signer
+    return out
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -163,7 +196,28 @@ def markdown_table(summary: dict) -> str:
             f"delta of same-sentence pairs ({summary['num_same_sentence_pairs']}, never scored as negatives): "
             f"mean {same['mean']:.4f}, median {same['median']:.4f}"
         )
+    if "by_kind" in summary:
+        lines += ["", kinds_table(summary["by_kind"])]
     return "\n".join(lines) + "\n"
+
+
+def kinds_table(by_kind: dict) -> str:
+    """Categories per ground-truth pair kind (rows), shares within each kind."""
+    lines = ["Categories per ground-truth pair kind (sharded_data.pair_stats; share of the kind's pairs):", "",
+             "| pair kind | pairs | " + " | ".join(LABELS[c] for c in CATEGORIES) + " |",
+             "|---|---:|" + "---:|" * len(CATEGORIES)]
+    for kind in KINDS:
+        if kind in ("hidden_twin", "one_sign_apart") and not by_kind["has_gloss"]:
+            row = ["n/a (no glosses)"] * len(CATEGORIES)
+            count = "n/a"
+        elif kind == "same_signer" and not by_kind["has_signer"]:
+            row, count = ["n/a (no signers)"] * len(CATEGORIES), "n/a"
+        else:
+            row = [f"{by_kind[kind]['shares'][c]:.1%}" if by_kind[kind]["pairs"] else "-" for c in CATEGORIES]
+            count = str(by_kind[kind]["pairs"])
+        label = KIND_LABELS[kind] + (" (same sentence: not negatives)" if kind == "exact_twin" else "")
+        lines.append(f"| {label} | {count} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def plot_all(summary: dict, arrays: dict, out: Path, num_epochs: int, examples: int = 6, seed: int = 0) -> list[Path]:
@@ -218,6 +272,20 @@ def plot_all(summary: dict, arrays: dict, out: Path, num_epochs: int, examples: 
     return paths
 
 
+def training_ground_truth(run: Path, data: Path | None) -> list[PairSample] | None:
+    """The ground truth of the run's training split, or None (said on the console) when its shards are not
+    at hand: `--data` given, else the `data` of RUN/config.json."""
+    if data is None:
+        config = run / "config.json"
+        recorded = json.loads(config.read_text()).get("data") if config.is_file() else None
+        if not recorded or not Path(recorded).is_dir():
+            print(f"(no categories per pair kind: {run} names no shard directory that exists here "
+                  f"({recorded!r}); pass --data DIR)")
+            return None
+        data = Path(recorded)
+    return load_pair_samples(data, "train")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="reference run directory (holds trajectories/ref-*.safetensors)")
@@ -228,10 +296,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-pairs", type=int, default=200_000, help="sample this many pairs when N(N-1) is larger")
     parser.add_argument("--num-epochs", type=int, default=40, help="epochs shown on the schedule plot")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, help="the run's shard directory, for the categories per ground-truth pair "
+                                                  "kind (default: the run's config.json `data`)")
     args = parser.parse_args(argv)
 
     trajectory = load_trajectory(args.run, load_tokens=False)
-    summary, arrays = analyze(trajectory, args.high, args.low, args.relative, args.max_pairs, args.seed)
+    samples = training_ground_truth(args.run, args.data)
+    summary, arrays = analyze(trajectory, args.high, args.low, args.relative, args.max_pairs, args.seed, samples)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trajectory_categories.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown_table(summary)

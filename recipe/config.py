@@ -83,6 +83,11 @@ class PretrainConfig(TrainConfig):
 
     similarity: str = option("token", "video-text similarity", choices=("token", "cls", "mean"))
     translation_weight: float = option(1.0, "weight of the joint translation loss (0 = pure contrastive)")
+    translation_batches: str = option("same", "batches of the joint translation loss in Pair Selection epochs: the "
+                                      "contrastive batch (same: the paper) or, our extension, i.i.d. random batches "
+                                      "(iid: the contrastive loss sees the curriculum batches, the translation loss "
+                                      "the random arm's batches; one more forward and backward per step)",
+                                      choices=("same", "iid"))
     same_sentence: str = option("mask", "same-sentence pairs: masked out, extra positives, or ordinary negatives "
                                 "(masking off: the ablation)", choices=("mask", "positive", "negative"))
     negatives: str = option("random", "negatives: random in-batch, or Pair Selection", choices=("random", "ps"))
@@ -184,6 +189,9 @@ def validate(config: TrainConfig) -> None:
         if config.reference_run == "self" and config.self_reference_checkpoints < 3:
             problems.append(f"--self-reference-checkpoints must be >= 3 (a trajectory, not one difference), got "
                             f"{config.self_reference_checkpoints}")
+        if config.translation_batches == "iid" and (config.negatives != "ps" or config.translation_weight <= 0):
+            problems.append("--translation-batches iid separates the translation loss's batches from Pair Selection's: "
+                            "it needs --negatives ps and --translation-weight > 0")
         if config.ps_pool_size < 0:
             problems.append(f"--ps-pool-size must be >= 0 (0 = every remaining sample), got {config.ps_pool_size}")
         if not 0.0 < config.ps_keep_fraction <= 1.0:

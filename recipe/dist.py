@@ -252,6 +252,23 @@ def stale_extension_locks(max_age_s: float = STALE_LOCK_SECONDS, now: float | No
     return sorted(path for path in locks if now - os.path.getmtime(path) > max_age_s)
 
 
+def remove_stale_extension_locks(max_age_s: float = STALE_LOCK_SECONDS) -> list[str]:
+    """Remove the build locks that `stale_extension_locks` finds; the next build then takes the lock afresh.
+
+    Waiting is never the right answer for such a lock (the build that owned it is dead), and a run that hangs
+    before its first step, silently, is the worst way to fail; a build older than max_age_s is ~20x the
+    CPU op's build time.
+    """
+    removed = []
+    for lock in stale_extension_locks(max_age_s):
+        try:
+            os.remove(lock)
+            removed.append(lock)
+        except FileNotFoundError:  # another process removed it first
+            pass
+    return removed
+
+
 def cuda_device_index(local_rank: int, device_count: int) -> int:
     """The GPU this process uses, as an index into the devices it sees.
 
@@ -307,10 +324,9 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None) -> 
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if env.local_rank == 0:
-            for lock in stale_extension_locks():
-                print(f"warning: {lock} is older than {STALE_LOCK_SECONDS // 60} minutes: left by a build that was "
-                      "interrupted, DeepSpeed will wait on it forever. If no other process on this machine is "
-                      f"compiling, remove it (rm {lock}) and start again.", file=sys.stderr, flush=True)
+            for lock in remove_stale_extension_locks():
+                print(f"warning: removed {lock}, older than {STALE_LOCK_SECONDS // 60} minutes: left by a build "
+                      "that was interrupted, DeepSpeed would have waited on it forever", file=sys.stderr, flush=True)
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=process_group_timeout())
     host_group()  # every rank, now: creating it later, inside one code path, could pair it with another collective
     return env
@@ -372,6 +388,20 @@ def broadcast_object(value, src: int = 0):
     holder = [value]
     dist.broadcast_object_list(holder, src=src, group=host_group())  # gloo: pickled bytes stay on the host
     return holder[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank the buffers of rank `src` (BatchNorm running statistics), as DDP does before each forward.
+
+    DeepSpeed broadcasts buffers once, at `initialize`; after that each rank's BatchNorm layers average their
+    own batches and the ranks drift apart. Training itself does not see it (train mode normalises with the
+    batch's statistics), but anything that runs the network in eval mode on several ranks (evaluation,
+    trajectory recording) would use different networks on different samples, and the checkpoint would hold
+    rank 0's. Call on every rank before those (a collective; a no-op in one process).
+    """
+    if get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
 
 
 def shutdown_distributed(env: DistEnv) -> None:

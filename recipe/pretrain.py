@@ -30,6 +30,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make `recipe` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -85,9 +86,11 @@ class PretrainingModule(nn.Module):
         # would train without the dropout the uninterrupted run had before it.
         self.train()
 
-    def forward(self, frames, frame_mask, text_ids, text_mask, labels=None, num_real_frames=None):
+    def forward(self, frames, frame_mask, text_ids, text_mask, labels=None, num_real_frames=None, contrastive=True):
+        """(contrastive features or None, clamped logit scale, translation loss or None)."""
         visual = self.model.sign_encoder(frames, frame_mask, num_real_frames=num_real_frames)
-        features = self.model.contrastive_features(frames, frame_mask, text_ids, text_mask, visual=visual)
+        features = (self.model.contrastive_features(frames, frame_mask, text_ids, text_mask, visual=visual)
+                    if contrastive else None)
         translation_loss = None
         if labels is not None:
             translation_loss = self.model(encoder_outputs=visual, labels=labels).loss
@@ -140,6 +143,10 @@ class PretrainingTask:
         self.loss_fn = ContrastiveLoss(similarity_kind=config.similarity, same_sentence=config.same_sentence)
         self.translation = config.translation_weight > 0
         self.epochs = SampledEpochs(config, env, self.sampler, self.reader)
+        # --translation-batches iid: in Pair Selection epochs the translation loss reads the random arm's batches
+        # (the same seed gives the same batches), the contrastive loss the curriculum's.
+        self.iid_translation = (SampledEpochs(config, env, random_batches, self.reader)
+                                if config.translation_batches == "iid" else None)
 
     # -- Pair Selection -------------------------------------------------------------------------------
     def in_ps_epoch(self, epoch: int) -> bool:
@@ -200,16 +207,26 @@ class PretrainingTask:
         self.epoch = epoch
         if self.in_ps_epoch(epoch) and self.curriculum is None:  # --reference-run self: the switch (or a resume)
             self.start_pair_selection()
+        if self.iid_translation is not None and self.in_ps_epoch(epoch):
+            return paired_batches(self.epochs.epoch_batches(epoch, skip), self.iid_translation.epoch_batches(epoch, skip))
         return self.epochs.epoch_batches(epoch, skip)
 
     # -- loss -----------------------------------------------------------------------------------------
     def compute_loss(self, engine, batch: dict, progress: float):
+        separate = batch.get("translation")  # --translation-batches iid, in a Pair Selection epoch
+        if separate is not None:
+            batch = batch["contrastive"]
         frames, frame_mask = video_inputs(batch, engine)
         text = tokenize_targets(self.tokenizer, batch["texts"], self.config.max_text_tokens).to(engine.device)
-        valid = batch["valid"].to(engine.device)
-        labels = text.labels.masked_fill(~valid[:, None], -100) if self.translation else None
+        labels = self.translation_labels(batch, text, engine) if self.translation and separate is None else None
         features, logit_scale, translation_loss = engine(frames, frame_mask, text.ids, text.mask, labels,
                                                          num_real_frames=real_frame_count(batch))
+        if separate is not None:
+            frames, frame_mask = video_inputs(separate, engine)
+            text = tokenize_targets(self.tokenizer, separate["texts"], self.config.max_text_tokens).to(engine.device)
+            _, _, translation_loss = engine(frames, frame_mask, text.ids, text.mask,
+                                            self.translation_labels(separate, text, engine),
+                                            num_real_frames=real_frame_count(separate), contrastive=False)
         pair_selection = self.in_ps_epoch(self.epoch)
         selection = self.selection if pair_selection else None
         if selection is not None:
@@ -230,6 +247,11 @@ class PretrainingTask:
             metrics["ps_alpha"] = self.curriculum.alpha(self.epoch)
             metrics["plan_wait_s"] = self.sampler.last_wait_s
         return loss, metrics
+
+    @staticmethod
+    def translation_labels(batch: dict, text, engine) -> torch.Tensor:
+        """Target tokens, with padding rows (stand-ins for skipped samples) ignored."""
+        return text.labels.masked_fill(~batch["valid"].to(engine.device)[:, None], -100)
 
     def after_optimizer_step(self, engine) -> dict:
         return {}
@@ -303,6 +325,17 @@ class PretrainingTask:
                 parts.append(part)
         engine.train(was_training)
         return merge_by_sample_id(parts) if main else None
+
+
+def paired_batches(contrastive: Iterable[dict], translation: Iterable[dict]) -> Iterator[dict]:
+    """Step by step, a contrastive batch and a translation batch (both loaders yield the same count)."""
+    first, second = iter(contrastive), iter(translation)
+    try:
+        for batch in first:
+            yield {"contrastive": batch, "translation": next(second)}
+    finally:  # the loop broke off early: stop both loaders' workers
+        for iterator in (first, second):
+            getattr(iterator, "close", lambda: None)()
 
 
 def ps_similarity_of(config: PretrainConfig) -> str:

@@ -1,13 +1,14 @@
 """The visual side of the model: sign video frames -> a short sequence of visual tokens.
 
     frames [B,T,3,H,W] --frame CNN (real frames only)--> [B,T,C]
-        --temporal module (2 x Conv1d k=5 + MaxPool 2, ~4x shorter)--> [B,T/4,D]
+        --temporal module (2 x Conv1d k=5 + BatchNorm + ReLU + MaxPool 2, ~4x shorter)--> [B,T/4,D]
         --prepend a learned summary token--> --mBART-style transformer encoder--> [B,1+T/4,D]
 
 Padding frames never influence real outputs: the CNN sees only real frames (so BatchNorm statistics
 in train mode come from real frames alone), padded time steps are zeroed before every temporal
-convolution (exactly what a shorter, unpadded clip sees as conv padding), a pooled step is valid only
-if both of its inputs were, and the transformer masks padded tokens out of attention.
+convolution (exactly what a shorter, unpadded clip sees as conv padding), the temporal BatchNorm counts
+real time steps only, a pooled step is valid only if both of its inputs were, and the transformer masks
+padded tokens out of attention.
 
 The ResNet-18 keeps torchvision's parameter names (conv1, bn1, layer1.0.conv1, ...) so ImageNet weights
 saved from torchvision load with `load_resnet18_weights` (torchvision itself does not import beside the
@@ -135,20 +136,53 @@ def build_frame_cnn(kind: str, small_channels: tuple[int, ...]) -> nn.Module:
     raise ValueError(f"unknown frame_cnn {kind!r}; use 'resnet18' or 'small'")
 
 
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """nn.BatchNorm1d over [B, C, T] whose batch statistics count the real time steps only.
+
+    torch's batch norm averages over every position, padding included, so a clip's output would depend on how
+    much padding its batch needed. Here mean and variance are masked sums (no boolean indexing, so no wait for
+    the GPU), the running statistics follow nn.BatchNorm1d's update (momentum, unbiased variance), and the
+    arithmetic is fp32 whatever the model's precision (statistics accumulated in bf16 would round every update;
+    see BatchNorm2d). Padded positions come out as zeros. Same parameter and buffer names as nn.BatchNorm1d.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.track_running_stats or self.momentum is None:
+            raise ValueError("MaskedBatchNorm1d supports tracked statistics with a fixed momentum only")
+        real = mask[:, None, :].to(torch.float32)
+        values = x.float()
+        if self.training:
+            count = real.sum()
+            mean = (values * real).sum((0, 2)) / count.clamp(min=1)
+            var = (((values - mean[None, :, None]) ** 2) * real).sum((0, 2)) / count.clamp(min=1)
+            with torch.no_grad():
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased.to(self.running_var.dtype))
+                self.num_batches_tracked.add_(1)
+        else:
+            mean, var = self.running_mean.float(), self.running_var.float()
+        normed = (values - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + self.eps)
+        out = normed * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
+        return (out * real).to(x.dtype)
+
+
 class TemporalBlock(nn.Module):
-    """Conv1d(k) + ReLU + MaxPool1d(2) over time, with the padding mask carried along."""
+    """Conv1d(k) + BatchNorm1d + ReLU + MaxPool1d(2) over time (GFSLT-VLP's TemporalConv block, the paper's
+    "Conv1D/BN/ReLU"), with the padding mask carried along."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"temporal kernel_size must be odd to keep frames centred, got {kernel_size}")
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.norm = MaskedBatchNorm1d(out_channels)
         self.pool = nn.MaxPool1d(2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x [B,C,T]; zeroed padding = what an unpadded clip sees as the conv's own zero padding.
         x = x * mask[:, None, :].to(x.dtype)
-        x = self.pool(F.relu(self.conv(x)))
+        x = self.pool(F.relu(self.norm(self.conv(x), mask)))
         # A pooled step is real only if both inputs were: an odd-length clip alone drops its last
         # frame (floor), so the padded batch must drop it too.
         usable = mask[:, : 2 * x.shape[-1]]

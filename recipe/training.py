@@ -37,7 +37,7 @@ import torch
 
 from recipe.checkpointing import CheckpointManager
 from recipe.config import TrainConfig, to_dict
-from recipe.dist import DistEnv, broadcast_object, get_world_size, is_main
+from recipe.dist import DistEnv, broadcast_buffers, broadcast_object, get_world_size, is_main
 from recipe.preemption import REQUEUE_EXIT_CODE, PreemptionHandler
 from recipe.run_dir import RESUMABLE_DS_KEYS, RESUMABLE_KEYS, RunDir, config_changes
 from recipe.run_logging import StepTimer, create_logger
@@ -205,13 +205,17 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
     if client_state:
         metrics_log.message(f"resumed at step {state.step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
 
+    # Every rank must hold the same BatchNorm statistics before the network runs in eval mode on several ranks or
+    # is saved: each rank's own running averages drift apart (see broadcast_buffers).
     def save() -> str:
+        broadcast_buffers(engine.module)
         checkpoints.pinned = set(task.pinned_tags()) if hasattr(task, "pinned_tags") else set()
         return checkpoints.save(engine, state.step, {"train_state": asdict(state), "config": to_dict(config)})
 
     task_evaluate = rng_neutral(task.evaluate)
 
     def evaluate(final: bool) -> dict[str, Any]:
+        broadcast_buffers(engine.module)
         metrics = task_evaluate(engine, state.step, final=final)
         # Rank 0 scored: its verdict, broadcast, makes every rank join (or skip) the save together.
         if broadcast_object(bool(metrics.pop("new_best", False))):
@@ -246,6 +250,7 @@ def run_training(config: TrainConfig, env: DistEnv, run: RunDir, engine: Any, ta
                 if epoch_done:  # before any checkpoint of this step, so it records "next epoch, nothing done"
                     state.epoch += 1
                     state.batches_done_in_epoch = 0
+                    broadcast_buffers(engine.module)  # trajectory recording embeds on every rank
                     task.on_epoch_end(engine, state.epoch)
                 saved = bool(config.save_every) and state.step % config.save_every == 0
                 if saved:

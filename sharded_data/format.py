@@ -4,7 +4,8 @@ One sample per video, stored as WebDataset members that plain `tar` and `webdata
 
     {key}.mp4 | {key}.frames.npy   the video (H.264 mp4, compact; or raw uint8 T x H x W x 3, fastest to read)
     {key}.txt                      the target sentence, UTF-8
-    {key}.json                     SampleMeta (sample id, sentence id, signer, frames, fps, source, split, name)
+    {key}.json                     SampleMeta (sample id, sentence id, signer, frames, fps, source, split, name;
+                                   gloss sequence and meaning id where the corpus has them)
 
 A split S of a shard directory is `shards-S-000000.tar`, `shards-S-000001.tar`, ... plus `index-S.json`,
 which lists the shards (name, samples, bytes, SHA-256) and, per sample, where its members start in its shard.
@@ -98,6 +99,12 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower())
 
 
+# Ground truth a corpus may annotate per sample (json member only when set, so corpora without it keep
+# their bytes): the gloss sequence (PHOENIX-2014T `orth`, the synthetic corpus's signs, space-separated)
+# and the synthetic corpus's meaning id (two samples with one meaning say the same thing).
+OPTIONAL_META_FIELDS = ("gloss", "meaning_id")
+
+
 @dataclass
 class SampleMeta:
     sample_id: int
@@ -108,9 +115,13 @@ class SampleMeta:
     source: str
     split: str
     name: str
+    gloss: str | None = None
+    meaning_id: int | None = None
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(asdict(self), ensure_ascii=False).encode("utf-8")
+        fields = {name: value for name, value in asdict(self).items()
+                  if not (name in OPTIONAL_META_FIELDS and value is None)}
+        return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> "SampleMeta":
@@ -122,10 +133,10 @@ class SampleMeta:
         fields = json.loads(data.decode("utf-8"))
         if not isinstance(fields, dict):
             raise ValueError(f"expected a JSON object, got {type(fields).__name__}")
-        missing = [name for name in cls.__dataclass_fields__ if name not in fields]
+        missing = [name for name in cls.__dataclass_fields__ if name not in fields and name not in OPTIONAL_META_FIELDS]
         if missing:
             raise ValueError(f"missing field(s) {', '.join(missing)}")
-        meta = cls(**{name: fields[name] for name in cls.__dataclass_fields__})
+        meta = cls(**{name: fields[name] for name in cls.__dataclass_fields__ if name in fields})
         meta.validate()
         return meta
 
@@ -141,6 +152,10 @@ class SampleMeta:
         for name in ("signer", "source", "split", "name"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.gloss is not None and not isinstance(self.gloss, str):
+            raise ValueError(f"gloss must be a string or absent, got {self.gloss!r}")
+        if self.meaning_id is not None and (not _is_int(self.meaning_id) or self.meaning_id < 0):
+            raise ValueError(f"meaning_id must be a non-negative integer or absent, got {self.meaning_id!r}")
 
 
 def _is_int(value) -> bool:

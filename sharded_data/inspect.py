@@ -1,6 +1,7 @@
 """Look at a shard folder: counts, durations, signers, distinct sentences, a few samples; `--check` validates.
 
     python -m sharded_data.inspect DIR [--split S] [--samples N] [--check]
+    python -m sharded_data.inspect DIR --pairs [--split S]     # pair statistics (sharded_data.pair_stats)
 
 `--check` compares every shard's size and SHA-256 with the index, reads every shard member by member, decodes
 every video, and compares what it finds with the index (keys, byte offsets, sizes, frame counts, texts, sentence
@@ -202,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", action="append", help="only this split (repeatable); default all")
     parser.add_argument("--samples", type=int, default=3, help="examples to show per split")
     parser.add_argument("--check", action="store_true", help="decode everything; list bad samples; exit 1 if any")
+    parser.add_argument("--pairs", action="store_true",
+                        help="print the pair statistics (text/gloss overlap, exact and hidden twins, one sign apart, "
+                             "same signer, their shares in random batches of 16) of each split (default: train)")
     args = parser.parse_args(argv)
+    if args.pairs:
+        return print_pair_statistics(args.dir, args.split or ["train"])
 
     splits = args.split or available_splits(args.dir)
     if not splits:
@@ -228,6 +234,19 @@ def main(argv: list[str] | None = None) -> int:
         for entry in all_bad:
             print(f"  {entry}")
         return 1
+    return 0
+
+
+def print_pair_statistics(shard_dir: str, splits: list[str]) -> int:
+    from sharded_data.pair_stats import format_table, load_pair_samples, pair_statistics
+
+    try:
+        columns = {split: pair_statistics(load_pair_samples(shard_dir, split)) for split in splits}
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{shard_dir}: pair statistics of random pairs and random batches (sharded_data.pair_stats)")
+    print(format_table(columns))
     return 0
 
 

@@ -83,7 +83,7 @@ def write_shard(task: ShardTask) -> int:
                                                cause=str(error)))
                     continue
                 meta = SampleMeta(planned_id, sentence_id, src.signer, int(frames.shape[0]), float(src.fps),
-                                  task.source_tag, task.split, src.name)
+                                  task.source_tag, task.split, src.name, **src.ground_truth())
                 extension, video = encode_video(frames, task.video_format, fps=float(src.fps))
                 offset, size = add_sample(tar, sample_key(task.split, planned_id), extension, video, src.text, meta)
                 record.samples.append(SampleRecord(planned_id, planned_id, offset, size, sentence_id, meta.n_frames,

@@ -216,8 +216,18 @@ class SignerStyle:
 SKIN_TONES = np.array([[255, 224, 196], [234, 192, 160], [198, 144, 108], [150, 100, 70], [96, 64, 44]], float)
 
 
+# The look every signer shares at signer_variation 0 (a studio with one uniformed presenter).
+NEUTRAL_LOOK = dict(skin=(198.0, 144.0, 108.0), clothes=(40.0, 60.0, 110.0), hair=(60.0, 45.0, 30.0),
+                    background=(215.0, 215.0, 205.0))
+
+
 def make_signer(index: int, seed: int, variation: float = 1.0) -> SignerStyle:
-    """Signer `index` of the corpus with seed `seed`; `variation` scales geometric/speed/noise differences."""
+    """Signer `index` of the corpus with seed `seed`.
+
+    `variation` is the signer nuisance: it scales the differences in body size, position, hand size, speed
+    and camera noise, and below 1 it also blends skin, clothes, hair and background towards one shared look
+    (at 0 every signer looks and moves alike, with a plain background). Above 1 colours stay as at 1.
+    """
     rng = np.random.default_rng(stable_seed("signer", seed, index))
     tone = rng.uniform(0, len(SKIN_TONES) - 1)
     low = int(tone)
@@ -232,14 +242,21 @@ def make_signer(index: int, seed: int, variation: float = 1.0) -> SignerStyle:
 
     clothes = colour_far_from(skin, 0, 200)
     background = colour_far_from(skin, 20, 255)
+    hair = rng.uniform(10, 120, 3)
     v = variation
+    mix = min(v, 1.0)
+
+    def look(own: np.ndarray, part: str) -> tuple[float, float, float]:
+        return _rgb(mix * own + (1.0 - mix) * np.asarray(NEUTRAL_LOOK[part]))
+
+    background_kind = int(rng.integers(4))
     return SignerStyle(
         name=f"signer{index:02d}",
-        skin=_rgb(skin),
-        clothes=_rgb(clothes),
-        hair=_rgb(rng.uniform(10, 120, 3)),
-        background=_rgb(background),
-        background_kind=int(rng.integers(4)),
+        skin=look(skin, "skin"),
+        clothes=look(clothes, "clothes"),
+        hair=look(hair, "hair"),
+        background=look(background, "background"),
+        background_kind=background_kind if v >= 0.5 else 0,
         background_seed=int(rng.integers(2**31)),
         scale=float(1.0 + v * rng.uniform(-0.1, 0.1)),
         offset=(float(v * rng.uniform(-0.06, 0.06)), float(v * rng.uniform(-0.04, 0.04))),

@@ -9,7 +9,7 @@ encode whole shards. Three layouts are read here:
   manifest's folder;
 - the PHOENIX-2014T release: `ROOT/features/fullFrame-210x260px/{split}/{name}/*.png` and
   `ROOT/annotations/manual/PHOENIX-2014-T.{split}.corpus.csv` (`name|video|start|end|speaker|orth|translation`);
-  the German `translation` is the text, `speaker` the signer;
+  the German `translation` is the text, `speaker` the signer, `orth` the gloss sequence (kept as ground truth);
 - CSL-Daily: `ROOT/sentence/frames_512x512/{name}/*.jpg`, the split file `ROOT/sentence_label/split_1.txt`
   (`Name|split`), and a label file `name|text|signer` (header row). CSL-Daily ships its labels as a
   pickle (`csl2020ct_v2.pkl`); unpickling runs arbitrary code from the file, so it is read only when the
@@ -92,6 +92,7 @@ class VideoSource:
     signer: str = "unknown"
     sentence_id: int | None = None  # None: the writer assigns one per distinct normalized text, across splits
     fps: float = 25.0
+    gloss: str | None = None  # the signs, space-separated, where the corpus annotates them (PHOENIX `orth`)
 
     def load_frames(self) -> np.ndarray:
         """uint8 T x H x W x 3. Raise ValueError or OSError naming the file when it cannot be read."""
@@ -100,6 +101,10 @@ class VideoSource:
     def location(self) -> str:
         """What an error message should point the user at."""
         return self.name
+
+    def ground_truth(self) -> dict:
+        """The optional SampleMeta fields this sample sets (the writer stores them in its json member)."""
+        return {"gloss": self.gloss} if self.gloss else {}
 
 
 @dataclass
@@ -309,7 +314,7 @@ def phoenix_sources(root: str | os.PathLike, splits=PHOENIX_SPLITS) -> dict[str,
                                   f"the release keeps frames under ROOT/{PHOENIX_FRAMES}/{split}/NAME/")
             out[split].append(FrameDirectorySource(
                 name=f"{split}/{name}", text=row["translation"].strip(), signer=row["speaker"].strip(),
-                fps=PHOENIX_FPS, path=str(folder), pattern="*.png"))
+                fps=PHOENIX_FPS, path=str(folder), pattern="*.png", gloss=(row.get("orth") or "").strip() or None))
     if not out:
         raise LayoutError(f"{root}: no PHOENIX-2014T corpus file found under {root / PHOENIX_ANNOTATIONS} "
                           f"(expected PHOENIX-2014-T.{{train,dev,test}}.corpus.csv); is ROOT the release folder?")

@@ -1,14 +1,26 @@
-"""Trajectory analysis: categories on constructed trajectories, pair sampling, and the CLI's outputs."""
+"""Trajectory analysis: categories on constructed trajectories (also per ground-truth pair kind), pair sampling,
+and the CLI's outputs."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from recipe.analyze_trajectories import CATEGORIES, analyze, categorize, main, negative_pairs, same_sentence_pairs
+from recipe.analyze_trajectories import (
+    CATEGORIES,
+    analyze,
+    categorize,
+    main,
+    markdown_table,
+    negative_pairs,
+    same_sentence_pairs,
+)
 from recipe.trajectory_store import load_trajectory, save_reference_checkpoint
+from sharded_data.pair_stats import KINDS, PairSample
+from sharded_data.synth import PRESETS, write_synthetic_corpus
 
 # Every video points along x, so s(i, j) = x-component of text j: text j decides the category of all pairs (i, j).
 # (first, middle, last) x-component per text; thresholds high 0.5, low 0.3.
@@ -88,3 +100,55 @@ def test_cli_writes_table_json_and_plots(tmp_path, capsys):
     for name in ("trajectory_examples.png", "delta_histogram.png", "curriculum_schedules.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+# Ground truth for the 5 samples of `_write_run`: 0/1 hidden twins, 2 one sign from both, 3 signed by 0's signer.
+TRUTH = [PairSample("a", "s1", ("A", "B")), PairSample("b", "s2", ("A", "B")), PairSample("c", "s3", ("A", "C")),
+         PairSample("d", "s1", ("X", "Y", "Z")), PairSample("e", "s4", ("P", "Q", "R"))]
+
+
+def test_categories_per_ground_truth_kind(tmp_path):
+    """Each negative (video i, text j) takes the category of text j (DESIGN); the kinds table splits them by
+    pair kind. Broken variant tried: a kind's row taking the pairs of that kind and of every later kind
+    (`kind_of >= position`) -> the counts were wrong."""
+    summary, _ = analyze(load_trajectory(_write_run(tmp_path)), 0.5, 0.3, samples=TRUTH)
+    by_kind = summary["by_kind"]
+    assert by_kind["hidden_twin"]["counts"] == {"high_to_low": 1, "stays_high": 1, "low_to_high": 0, "stays_low": 0,
+                                                "other": 0}
+    assert by_kind["one_sign_apart"]["counts"] == {"high_to_low": 1, "stays_high": 1, "low_to_high": 2,
+                                                   "stays_low": 0, "other": 0}
+    assert by_kind["same_signer"]["counts"] == {"high_to_low": 1, "stays_high": 0, "low_to_high": 0, "stays_low": 1,
+                                                "other": 0}
+    assert by_kind["unrelated"]["counts"] == {"high_to_low": 1, "stays_high": 2, "low_to_high": 2, "stays_low": 3,
+                                              "other": 4}
+    assert by_kind["exact_twin"]["pairs"] == 0 and by_kind["hidden_twin"]["shares"]["stays_high"] == 0.5
+    table = markdown_table(summary)
+    assert "| hidden twin (same glosses, other text) | 2 | 50.0% | 50.0% | 0.0% | 0.0% | 0.0% |" in table
+    with pytest.raises(ValueError, match="not this run's data"):
+        analyze(load_trajectory(tmp_path), 0.5, 0.3, samples=TRUTH[:3])
+
+
+def test_exact_twins_row_holds_the_same_sentence_pairs(tmp_path):
+    truth = TRUTH[:3] + [PairSample("d", "s1", ("X", "Y")), PairSample("d", "s4", ("X", "Y", "IX"))]
+    summary, _ = analyze(load_trajectory(_write_run(tmp_path, sentence_ids=(0, 1, 2, 3, 3))), 0.5, 0.3, samples=truth)
+    # (3, 4): text 4 is "other"; (4, 3): text 3 is "stays low"
+    assert summary["by_kind"]["exact_twin"]["counts"] == {"high_to_low": 0, "stays_high": 0, "low_to_high": 0,
+                                                          "stays_low": 1, "other": 1}
+    no_gloss = [PairSample(s.text, s.signer) for s in truth]
+    table = markdown_table(analyze(load_trajectory(tmp_path), 0.5, 0.3, samples=no_gloss)[0])
+    assert "| one sign apart | n/a |" in table
+
+
+def test_cli_reads_the_ground_truth_of_the_runs_data(tmp_path, capsys):
+    data = tmp_path / "shards"
+    write_synthetic_corpus(data, replace(PRESETS["tiny"], train=5, dev=0, test=0, signers_per_sentence=(1, 1),
+                                         repeat_sentences=(0, 0), frame_size=(16, 16)), video_format="npy", num_workers=1)
+    run = _write_run(tmp_path / "run")
+    out = tmp_path / "analysis"
+    main([str(run), "--out", str(out), "--data", str(data)])
+    summary = json.loads((out / "trajectory_categories.json").read_text())
+    assert sum(row["pairs"] for kind, row in summary["by_kind"].items() if kind in KINDS) == 20
+    assert "Categories per ground-truth pair kind" in capsys.readouterr().out
+    main([str(run), "--out", str(tmp_path / "bare")])  # no config.json, no --data: said, not silent
+    assert "no categories per pair kind" in capsys.readouterr().out
+    assert "by_kind" not in json.loads((tmp_path / "bare" / "trajectory_categories.json").read_text())

@@ -381,7 +381,7 @@ def test_local_loss_function_matches_the_reference_at_world_one():
 @pytest.mark.parametrize("kind", ["token", "cls", "mean"])
 def test_project_similarity_agrees_with_this_reference(kind):
     """Cross-check: recipe.similarity implements the same definition the loss tests assume."""
-    import recipe.similarity as similarity_module
+    from recipe import similarity as similarity_module
     samples = make_samples(seed=4)
     video, video_mask = pad(samples["video"])
     text, text_mask = pad(samples["text"])

@@ -138,3 +138,16 @@ def test_a_build_lock_left_by_an_interrupted_compile_is_reported(tmp_path, monke
     assert rdist.stale_extension_locks(now=1_000_000) == [str(tmp_path / "py311_cpu/deepspeed_shm_comm/lock")]
     assert rdist.stale_extension_locks(max_age_s=10, now=1_000_000) == sorted(
         [str(tmp_path / "py311_cpu/deepspeed_shm_comm/lock"), str(tmp_path / "fresh_build/lock")])
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    # A stale lock hung CI for 600 s: DeepSpeed waits on a lock left by a killed build, forever.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "py311_cpu/deepspeed_shm_comm/lock", tmp_path / "fresh_build/lock"
+    for lock, age in ((stale, 3600), (fresh, 30)):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+        now = __import__("time").time()
+        os.utime(lock, (now - age, now - age))
+    assert rdist.remove_stale_extension_locks() == [str(stale)]
+    assert not stale.exists() and fresh.exists()

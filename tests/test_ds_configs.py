@@ -1,7 +1,8 @@
 """Every shipped DeepSpeed config resolves cleanly; bad ones are refused; ZeRO-1/2/3 train identically.
 
 The training check runs real DeepSpeed engines on 2 gloo ranks around a tiny MLP and compares each
-config's losses with plain torch AdamW on the concatenated batch (same lr schedule, same clipping).
+config, step by step, with one torch process on the concatenated batch: AdamW (same lr schedule, same
+clipping) on the averaged gradients, their norm and the losses, and SGD without clipping on the same.
 """
 from __future__ import annotations
 
@@ -136,9 +137,24 @@ def test_missing_file_and_invalid_json_name_the_file_and_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real engines, 2 ranks
+# Every CPU config trains a tiny MLP on 2 gloo ranks (half of the global batch each) and is compared with one
+# torch process on the whole batch, step by step, on what the optimizer sees as well as on what it does:
+#
+# * AdamW (the shipped optimizer, clipping on): losses, the gradient norm DeepSpeed clips with, and the averaged
+#   full gradient of every parameter (`safe_get_full_grad`, after backward, before step). Adam's update and
+#   the clipped direction are both blind to the gradients' scale, so losses alone cannot see a sum over ranks
+#   instead of a mean (the losses moved by <= 1.2e-7 when the gradients were scaled by 0.5-4).
+# * SGD without clipping (the same file with its optimizer section replaced): the update is the gradient times
+#   the lr, so a wrong gradient scale moves the weights and every later loss.
+#
+# Broken variant tried: `engine.backward(loss * world_size)` in `_train` (gradients summed over the ranks
+# instead of averaged): the AdamW cases fail on the gradient norm and gradients, the SGD cases on the losses.
 CPU_CONFIGS = [p for p in SHIPPED if not load_ds_config(p).get("bf16", {}).get("enabled", False)]
 STEPS, MICRO, LR = 5, 4, 0.05
-TRAIN = dict(lr=LR, weight_decay=0.01, gradient_clipping=0.5, warmup_steps=2, total_steps=STEPS)
+# The global gradient norm runs ~1.6-2.6 over the 5 steps: a clip at 2.2 bites on some steps and not others.
+TRAIN = dict(lr=LR, weight_decay=0.01, gradient_clipping=2.2, warmup_steps=2, total_steps=STEPS)
+SGD_TRAIN = dict(TRAIN, weight_decay=0.0, gradient_clipping=0.0)  # clipping 0 = off (DeepSpeed's convention)
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def tiny_model() -> torch.nn.Module:
@@ -151,7 +167,36 @@ def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(2 * MICRO, 8, generator=gen), torch.randn(2 * MICRO, 1, generator=gen)
 
 
-def _train_with_each_config(rank: int, world_size: int, paths: list[str]) -> dict:
+def sgd_config(path: Path, out_dir: Path) -> Path:
+    """The shipped file with its optimizer replaced by torch's SGD (DeepSpeed takes any torch.optim name)."""
+    config = load_ds_config(path)
+    config["optimizer"] = {"type": "SGD", "params": {}}
+    # ZeRO refuses optimizers outside its tested list, and a torch optimizer under ZeRO-Offload, unless told.
+    config.update(zero_allow_untested_optimizer=True, zero_force_ds_cpu_optimizer=False)
+    target = out_dir / f"sgd-{path.name}"
+    target.write_text(json.dumps(config))
+    return target
+
+
+def _train(engine, rank: int) -> dict:
+    from deepspeed.utils import safe_get_full_grad
+
+    record = {"losses": [], "lrs": [], "grad_norms": [], "grads": []}
+    for step in range(STEPS):
+        x, y = global_batch(step)
+        rows = slice(rank * MICRO, (rank + 1) * MICRO)
+        loss = torch.nn.functional.mse_loss(engine(x[rows]), y[rows])
+        record["lrs"].append(engine.get_lr()[0])
+        engine.backward(loss)
+        # The gradient the optimizer is about to use, averaged over the ranks (a collective under ZeRO-3).
+        record["grads"].append([safe_get_full_grad(p).detach().clone() for p in engine.module.parameters()])
+        engine.step()
+        record["grad_norms"].append(float(engine.get_global_grad_norm()))
+        record["losses"].append(loss.item())
+    return record
+
+
+def _train_with_each_config(rank: int, world_size: int, paths: list[str], sgd_paths: list[str]) -> dict:
     import deepspeed
 
     from recipe.dist import DistEnv, init_distributed
@@ -159,58 +204,71 @@ def _train_with_each_config(rank: int, world_size: int, paths: list[str]) -> dic
     env = init_distributed()
     assert env == DistEnv.from_environ() and env.world_size == world_size and env.rank == rank
     results = {}
-    for path in paths:
-        config = resolve_ds_config(path, MICRO, 1, world_size, **TRAIN, device_type="cpu")
-        model = tiny_model()
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
-        losses, lrs = [], []
-        for step in range(STEPS):
-            x, y = global_batch(step)
-            rows = slice(rank * MICRO, (rank + 1) * MICRO)
-            loss = torch.nn.functional.mse_loss(engine(x[rows]), y[rows])
-            lrs.append(engine.get_lr()[0])
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-        results[Path(path).name] = {"losses": losses, "lrs": lrs}
-        engine.destroy()
+    for optimizer, files, train in (("adamw", paths, TRAIN), ("sgd", sgd_paths, SGD_TRAIN)):
+        for path, name in zip(files, paths):
+            config = resolve_ds_config(path, MICRO, 1, world_size, **train, device_type="cpu")
+            model = tiny_model()
+            engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+            results[optimizer, Path(name).name] = _train(engine, rank)
+            engine.destroy()
     return results
 
 
 @pytest.fixture(scope="module")
-def engine_results():
-    return run_on_ranks(_train_with_each_config, 2, args=([str(p) for p in CPU_CONFIGS],), init_process_group=False)
+def engine_results(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("sgd-configs")
+    sgd_paths = [str(sgd_config(p, out_dir)) for p in CPU_CONFIGS]
+    return run_on_ranks(_train_with_each_config, 2, args=([str(p) for p in CPU_CONFIGS], sgd_paths),
+                        init_process_group=False)
 
 
-def reference_losses(lrs: list[float]) -> list[float]:
-    """Plain torch AdamW on the concatenated batch with the lrs DeepSpeed's scheduler used."""
+def reference_run(optimizer: str, lrs: list[float]) -> dict:
+    """One torch process on the concatenated batch with the lrs DeepSpeed's scheduler used: plain AdamW with
+    the same clipping, or plain SGD without clipping."""
     model = tiny_model()
-    params = load_ds_config(CONFIG_DIR / "zero1.json")["optimizer"]["params"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=tuple(params["betas"]), eps=params["eps"],
-                                  weight_decay=TRAIN["weight_decay"])
-    losses = []
+    if optimizer == "adamw":
+        params = load_ds_config(CONFIG_DIR / "zero1.json")["optimizer"]["params"]
+        torch_optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=tuple(params["betas"]), eps=params["eps"],
+                                            weight_decay=TRAIN["weight_decay"])
+    else:
+        torch_optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    record = {"losses": [], "grad_norms": [], "grads": []}
     for step, lr in enumerate(lrs):
-        for group in optimizer.param_groups:
+        for group in torch_optimizer.param_groups:
             group["lr"] = lr
         x, y = global_batch(step)
         loss = torch.nn.functional.mse_loss(model(x), y)
-        optimizer.zero_grad()
+        torch_optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["gradient_clipping"])
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+        record["grads"].append([p.grad.detach().clone() for p in model.parameters()])
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+        if optimizer == "adamw":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["gradient_clipping"])
+        torch_optimizer.step()
+        record["grad_norms"].append(norm.item())
+        record["losses"].append(loss.item())
+    return record
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("path", CPU_CONFIGS, ids=lambda p: p.name)
-def test_zero_stages_train_like_plain_adamw_on_the_global_batch(engine_results, path):
-    per_rank = [r[path.name] for r in engine_results]
+def test_zero_stages_train_like_one_process_on_the_global_batch(engine_results, path, optimizer):
+    per_rank = [r[optimizer, path.name] for r in engine_results]
     lrs = per_rank[0]["lrs"]
     assert per_rank[1]["lrs"] == lrs
     assert sum(lr > 0 for lr in lrs[:-1]) >= 2, f"the schedule must move the weights before the last loss: {lrs}"
     assert lrs[1] < lrs[2]  # linear warmup
+    expected = reference_run(optimizer, lrs)
+    for step in range(STEPS):
+        for rank in (0, 1):  # every rank holds the same averaged gradient: the global batch's
+            for got, want in zip(per_rank[rank]["grads"][step], expected["grads"][step], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=f"step {step} rank {rank} gradient")
+            assert per_rank[rank]["grad_norms"][step] == pytest.approx(expected["grad_norms"][step], rel=1e-5)
+    if optimizer == "adamw":
+        # the clip must bite on some steps and not others, or clipping itself goes untested
+        assert min(expected["grad_norms"]) < TRAIN["gradient_clipping"] < max(expected["grad_norms"]), expected["grad_norms"]
     deepspeed_losses = [(a + b) / 2 for a, b in zip(per_rank[0]["losses"], per_rank[1]["losses"])]
-    assert deepspeed_losses == pytest.approx(reference_losses(lrs), rel=1e-5, abs=1e-6)
-    first = engine_results[0]["zero1.json"]["losses"]
+    assert deepspeed_losses == pytest.approx(expected["losses"], rel=1e-5, abs=1e-6)
+    first = engine_results[0][optimizer, "zero1.json"]["losses"]
     assert per_rank[0]["losses"] == pytest.approx(first, rel=1e-5, abs=1e-6)  # identical across ZeRO stages

@@ -1,9 +1,10 @@
-"""`python -m sharded_data.inspect`: the summary of a written corpus, and `--check` finding corrupt samples."""
+"""`python -m sharded_data.inspect`: the summary of a written corpus, `--check` finding corrupt samples, and
+`--pairs` printing the pair statistics of any shard folder."""
 from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -84,3 +85,29 @@ def test_check_finds_truncated_shards_and_index_mismatches(shards):
 def test_inspect_a_folder_without_index(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no index" in capsys.readouterr().err
+
+
+def test_pairs_on_shards_without_glosses_says_na(shards, capsys):
+    """`--pairs` works on any shard folder: a corpus without gloss annotations gets n/a in the gloss rows."""
+    assert main([str(shards), "--pairs"]) == 0
+    out = capsys.readouterr().out
+    assert "| statistic | train |" in out
+    assert "| gloss overlap of a random pair, mean | n/a |" in out
+    assert "| one sign apart, share of pairs | n/a |" in out
+    assert "| signers | 2, largest 50% |" in out
+    assert "| samples / distinct sentences | 8 / 4 |" in out
+    assert "| exact twins (same text), share of pairs | 14.29% |" in out  # 4 texts x 2 samples: 4 of 28 pairs
+
+
+def test_pairs_on_a_synthetic_corpus_uses_its_ground_truth(tmp_path, capsys):
+    from sharded_data.synth import PRESETS, write_synthetic_corpus
+
+    config = replace(PRESETS["dense-neighbours"], train=40, dev=8, test=8, frame_size=(16, 16))
+    write_synthetic_corpus(tmp_path, config, video_format="npy", num_workers=1)
+    assert main([str(tmp_path), "--pairs", "--split", "train", "--split", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert "| statistic | train | dev |" in out
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines() if line.startswith("| ")}
+    assert "n/a" not in rows["gloss overlap of a random pair, mean"][0]
+    assert rows["random batches of 16 holding a hidden twin"][1].strip(" |") == "n/a"  # dev has 8 < 16 samples
+    assert main([str(tmp_path), "--pairs", "--split", "nope"]) == 1

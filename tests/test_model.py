@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 
 from recipe.lora import count_parameters
@@ -61,6 +62,38 @@ def test_padding_frames_never_change_outputs_train_mode():
     out_a, out_b = model(short, short_mask, labels=LABELS), model(long, long_mask, labels=LABELS)
     torch.testing.assert_close(out_a.logits, out_b.logits)
     torch.testing.assert_close(out_a.loss, out_b.loss)
+
+
+def test_temporal_batchnorm_equals_torchs_on_the_real_time_steps_alone():
+    """The temporal blocks' BatchNorm (the paper's Conv1D/BN/ReLU) computes what nn.BatchNorm1d computes on the
+    real time steps packed together: outputs, running statistics, then eval mode; padding comes out as zeros.
+    (Broken variant tried: statistics over every position, padding included: outputs and statistics differ.)"""
+    from recipe.sign_encoder import MaskedBatchNorm1d
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 6, 9, generator=gen) * 2 + 1
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for row, length in enumerate((9, 4, 6)):
+        mask[row, :length] = True
+    x[~mask[:, None, :].expand_as(x)] = 50.0  # garbage in the padding
+    masked, reference = MaskedBatchNorm1d(6), nn.BatchNorm1d(6)
+    with torch.no_grad():
+        masked.weight.copy_(torch.linspace(0.5, 2, 6)), masked.bias.copy_(torch.linspace(-1, 1, 6))
+    reference.load_state_dict(masked.state_dict())
+    packed = x.transpose(1, 2)[mask]  # [real steps, C]
+    for _ in range(3):  # running statistics accumulate like torch's
+        out = masked(x, mask)
+        expected = reference(packed)
+        torch.testing.assert_close(out.transpose(1, 2)[mask], expected)
+        assert torch.equal(out.transpose(1, 2)[~mask], torch.zeros_like(out.transpose(1, 2)[~mask]))
+    torch.testing.assert_close(masked.running_mean, reference.running_mean)
+    torch.testing.assert_close(masked.running_var, reference.running_var)
+    assert masked.num_batches_tracked == reference.num_batches_tracked == 3
+    masked.eval(), reference.eval()
+    torch.testing.assert_close(masked(x, mask).transpose(1, 2)[mask], reference(packed))
+    half = masked(x.bfloat16(), mask)  # a bf16 model: fp32 arithmetic, bf16 out
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float().transpose(1, 2)[mask], reference(packed), atol=0.05, rtol=0.02)
 
 
 def test_padded_clip_equals_clip_alone_eval_mode():
@@ -269,7 +302,7 @@ def expected_parameter_count(config: SignTranslationConfig) -> int:
     else:
         # the small CNN hands a flattened 2 x 2 grid of its last channels to the temporal module
         cnn, cnn_dim = small_cnn_params(config.small_cnn_channels), config.small_cnn_channels[-1] * SmallFrameCNN.GRID**2
-    temporal = cnn_dim * d * k + d + d * d * k + d
+    temporal = cnn_dim * d * k + d + d * d * k + d + 2 * (2 * d)  # two convs, two BatchNorms (weight, bias)
     visual = (config.max_visual_tokens + 2) * d + config.visual_layers * encoder_layer(config.visual_ffn_dim) + stack_norms
     text_positions = (config.max_position_embeddings + 2) * d
     text_encoder = text_positions + config.text_encoder_layers * encoder_layer(config.text_ffn_dim) + stack_norms

@@ -5,11 +5,13 @@
   ignores any later one), known options, well-formed values; the training scripts are preemption-safe
   and log into slurm/logs/, a folder that exists in every checkout;
 - the commands the scripts build (DRY_RUN=1 prints them) are accepted by their parsers: torchrun's
-  for the launcher flags and the recipe entry points' `build_parser()` for the training flags, for
-  the knob combinations the scripts document.
+  for the launcher flags and the recipe entry points' `build_parser()` for the training flags, and each
+  knob the scripts document (CURRICULUM, REFERENCE_RUN, NUM_BEAMS, ...) arrives as the config field it
+  names, for the knob combinations the scripts document.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -128,27 +130,27 @@ def dry_run(script: str, env: dict[str, str]) -> tuple[list[str], list[list[str]
     return launch, programs
 
 
-def parse_with_entry_point(module: str, argv: list[str]) -> None:
-    """Parse `argv` with the entry point's own parser; argparse exits (SystemExit) on an unknown flag."""
-    if not (REPO / (module.replace(".", "/") + ".py")).exists():
-        pytest.skip(f"{module} does not exist yet: its own parser cannot be checked")
-    entry = importlib.import_module(module)
-    if hasattr(entry, "build_parser"):
-        entry.build_parser().parse_args(argv)
-    elif hasattr(entry, "parse_args"):
-        entry.parse_args(argv)
-    else:
-        pytest.skip(f"{module} has no build_parser() yet (its parser is built inside main()): "
-                    f"its own parser cannot be checked")
+def parse_with_entry_point(module: str, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv` with the entry point's own `build_parser()`; argparse exits (SystemExit) on an unknown flag.
+    A missing module or parser is a failure, not a skip: every script's entry point ships with the project."""
+    return importlib.import_module(module).build_parser().parse_args(argv)
 
 
-def check_program_flags(program: list[str]) -> None:
+def check_program_flags(program: list[str]):
+    """The program's config as the entry point builds it from the flags the script passed (`recipe.config`'s
+    dataclasses, validated), after checking that the entry point's own parser accepts them too."""
     assert program[0] == "-m", program
     module, argv = program[1], program[2:]
     from recipe import config
     config_class = {"recipe.pretrain": config.PretrainConfig, "recipe.finetune": config.FinetuneConfig}[module]
-    config.parse_config(config_class, argv)                 # the dataclasses' flags, and a consistent combination
     parse_with_entry_point(module, argv)
+    return config.parse_config(config_class, argv)     # the dataclasses' flags, and a consistent combination
+
+
+def assert_config(config, expected: dict) -> None:
+    """Each knob's value reached the run's config (field by field, so a failure names the field)."""
+    for field, value in expected.items():
+        assert getattr(config, field) == value, f"{field}: {getattr(config, field)!r} != {value!r}"
 
 
 @pytest.fixture
@@ -158,45 +160,60 @@ def dirs(tmp_path):
     return tmp_path
 
 
+# knobs -> the config fields they must set. Broken variant tried: pretrain.sh passing `--curriculum log`
+# whatever CURRICULUM says (and finetune.sh dropping NUM_BEAMS): the "pair-selection" ("from-pretraining")
+# case fails on that field, while the old flags-parse-only check passed.
 PRETRAIN_CASES = {
-    "defaults": {},
-    "reference-run": {"NEGATIVES": "random", "RECORD_TRAJECTORY_EVERY": "5", "EPOCHS": "40"},
-    "pair-selection": {"REFERENCE_RUN": "{reference}", "CURRICULUM": "sqrt", "MAX_STEPS": "100",
-                       "EXTRA_ARGS": "--ps-score slope --micro-batch-size 16 --similarity token"},
-    "cpu": {"CPU": "1", "PRESET": "tiny", "MAX_STEPS": "8", "EXTRA_ARGS": "--num-workers 0 --save-every 4"},
+    "defaults": ({}, dict(preset="large", negatives="random", reference_run="", deepspeed_config="ds_configs/zero2.json",
+                          epochs=10, max_steps=0, record_trajectory_every=0)),
+    "reference-run": ({"NEGATIVES": "random", "RECORD_TRAJECTORY_EVERY": "5", "EPOCHS": "40"},
+                      dict(negatives="random", record_trajectory_every=5, epochs=40, reference_run="")),
+    "pair-selection": ({"REFERENCE_RUN": "{reference}", "CURRICULUM": "sqrt", "MAX_STEPS": "100",
+                        "EXTRA_ARGS": "--ps-score slope --micro-batch-size 16 --similarity cls"},
+                       dict(negatives="ps", reference_run="{reference}", curriculum="sqrt", max_steps=100,
+                            ps_score="slope", micro_batch_size=16, similarity="cls")),
+    "pair-selection-default-curriculum": ({"REFERENCE_RUN": "{reference}"},
+                                          dict(negatives="ps", reference_run="{reference}", curriculum="log")),
+    "self-reference": ({"REFERENCE_RUN": "self", "RECORD_TRAJECTORY_EVERY": "5", "SELF_REFERENCE_CHECKPOINTS": "4",
+                        "EPOCHS": "40"},
+                       dict(negatives="ps", reference_run="self", record_trajectory_every=5,
+                            self_reference_checkpoints=4, epochs=40)),
+    "cpu": ({"CPU": "1", "PRESET": "tiny", "MAX_STEPS": "8", "DS_CONFIG": "ds_configs/zero3.json",
+             "EXTRA_ARGS": "--num-workers 0 --save-every 4"},
+            dict(preset="tiny", max_steps=8, num_workers=0, save_every=4, deepspeed_config="ds_configs/zero3.json")),
 }
 
 
 @pytest.mark.parametrize("case", PRETRAIN_CASES)
-def test_pretrain_flags_are_accepted(case, dirs):
-    env = {k: v.format(reference=dirs / "reference") for k, v in PRETRAIN_CASES[case].items()}
-    _, programs = dry_run("pretrain.sh", {"DATA": str(dirs / "data"), **env})
-    check_program_flags(programs[0])
+def test_pretrain_knobs_reach_the_config(case, dirs):
+    knobs, expected = PRETRAIN_CASES[case]
+    env = {k: v.format(reference=dirs / "reference") for k, v in knobs.items()}
+    _, programs = dry_run("pretrain.sh", {"DATA": str(dirs / "data"), "OUT": str(dirs / "out"), **env})
+    config = check_program_flags(programs[0])
+    assert_config(config, {"data": str(dirs / "data"), "out": str(dirs / "out")})
+    assert_config(config, {k: v.format(reference=dirs / "reference") if isinstance(v, str) else v
+                           for k, v in expected.items()})
 
 
 FINETUNE_CASES = {
-    "from-scratch": {},
-    "from-pretraining": {"INIT": "{pretrain}", "NUM_BEAMS": "8", "EPOCHS": "30",
-                         "EXTRA_ARGS": "--label-smoothing 0.2 --lr 5e-5"},
+    "from-scratch": ({}, dict(init="", preset="large", num_beams=5, epochs=10, deepspeed_config="ds_configs/zero2.json")),
+    "from-pretraining": ({"INIT": "{pretrain}", "NUM_BEAMS": "8", "EPOCHS": "30", "PRESET": "base",
+                          "EXTRA_ARGS": "--label-smoothing 0.3 --lr 5e-5"},
+                         dict(init="{pretrain}", num_beams=8, epochs=30, preset="base", label_smoothing=0.3, lr=5e-5)),
+    "max-steps": ({"INIT": "{pretrain}", "MAX_STEPS": "250", "DS_CONFIG": "ds_configs/zero3.json"},
+                  dict(init="{pretrain}", max_steps=250, deepspeed_config="ds_configs/zero3.json")),
 }
 
 
 @pytest.mark.parametrize("case", FINETUNE_CASES)
-def test_finetune_flags_are_accepted(case, dirs):
-    env = {k: v.format(pretrain=dirs / "pretrain-run") for k, v in FINETUNE_CASES[case].items()}
-    _, programs = dry_run("finetune.sh", {"DATA": str(dirs / "data"), **env})
-    check_program_flags(programs[0])
-
-
-def test_pretrain_flags_match_the_config_dataclasses(dirs):
-    """Until recipe/pretrain.py exists, its flags come from recipe.config (the dataclasses it is built on)."""
-    from recipe import config
-    for case, knobs in PRETRAIN_CASES.items():
-        env = {k: v.format(reference=dirs / "reference") for k, v in knobs.items()}
-        _, programs = dry_run("pretrain.sh", {"DATA": str(dirs / "data"), **env})
-        config.parse_config(config.PretrainConfig, programs[0][2:])
-    _, programs = dry_run("finetune.sh", {"DATA": str(dirs / "data"), "INIT": str(dirs / "pretrain-run")})
-    config.parse_config(config.FinetuneConfig, programs[0][2:])
+def test_finetune_knobs_reach_the_config(case, dirs):
+    knobs, expected = FINETUNE_CASES[case]
+    env = {k: v.format(pretrain=dirs / "pretrain-run") for k, v in knobs.items()}
+    _, programs = dry_run("finetune.sh", {"DATA": str(dirs / "data"), "OUT": str(dirs / "out"), **env})
+    config = check_program_flags(programs[0])
+    assert_config(config, {"data": str(dirs / "data"), "out": str(dirs / "out")})
+    assert_config(config, {k: v.format(pretrain=dirs / "pretrain-run") if isinstance(v, str) else v
+                           for k, v in expected.items()})
 
 
 def test_shard_flags_are_accepted(dirs):
