@@ -175,7 +175,10 @@ class TemporalBlock(nn.Module):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"temporal kernel_size must be odd to keep frames centred, got {kernel_size}")
-        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        # No conv bias: BatchNorm subtracts it again, so its gradient is zero up to rounding, and Adam turns
+        # that rounding into full-size steps (ZeRO-2 and ZeRO-3 runs drifted apart on it); BN's own shift
+        # is the bias.
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.norm = MaskedBatchNorm1d(out_channels)
         self.pool = nn.MaxPool1d(2)
 

@@ -31,7 +31,7 @@ def test_demo_runs_every_stage_and_is_idempotent(tmp_path):
     retrains from scratch, deterministically): the old check (equal BLEU) passed, this one fails."""
     out = tmp_path / "demo"
     command = [sys.executable, "-m", "recipe.demo", "--out", str(out), "--train", "48", "--eval-samples", "8",
-               "--reference-epochs", "2", "--record-every", "1", "--pretrain-epochs", "1", "--finetune-epochs", "1",
+               "--reference-epochs", "3", "--record-every", "1", "--pretrain-epochs", "1", "--finetune-epochs", "1",
                "--batch-size", "8", "--num-beams", "2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -516,8 +516,9 @@ def test_item10_pretrain_refuses_a_changed_relaunch_before_touching_config_json(
     run = copy_run(reference_run, tmp_path / "run")
     stored = (run / "config.json").read_text()
     argv = reference_args(shards, run)
+    original = argv[argv.index("--micro-batch-size") + 1]
     argv[argv.index("--micro-batch-size") + 1] = "4"
-    with pytest.raises(SystemExit, match=r"--micro-batch-size \(micro_batch_size: 8 -> 4\)"):
+    with pytest.raises(SystemExit, match=rf"--micro-batch-size \(micro_batch_size: {original} -> 4\)"):
         run_main(pretrain.main, argv)
     assert (run / "config.json").read_text() == stored
 

@@ -302,7 +302,7 @@ def expected_parameter_count(config: SignTranslationConfig) -> int:
     else:
         # the small CNN hands a flattened 2 x 2 grid of its last channels to the temporal module
         cnn, cnn_dim = small_cnn_params(config.small_cnn_channels), config.small_cnn_channels[-1] * SmallFrameCNN.GRID**2
-    temporal = cnn_dim * d * k + d + d * d * k + d + 2 * (2 * d)  # two convs, two BatchNorms (weight, bias)
+    temporal = cnn_dim * d * k + d * d * k + 2 * (2 * d)  # two convs (no bias: BN shifts), two BatchNorms
     visual = (config.max_visual_tokens + 2) * d + config.visual_layers * encoder_layer(config.visual_ffn_dim) + stack_norms
     text_positions = (config.max_position_embeddings + 2) * d
     text_encoder = text_positions + config.text_encoder_layers * encoder_layer(config.text_ffn_dim) + stack_norms

@@ -341,7 +341,8 @@ def test_the_node_task_gets_the_allocations_cpus_and_gpus(dirs, allocation, cpus
     from its share of those CPUs."""
     from recipe.build import loader_workers
 
-    env = {"DATA": str(dirs / "data"), "GPUS_PER_NODE": "8", "SLURM_JOB_NUM_NODES": "2", **allocation}
+    env = {"DATA": str(dirs / "data"), "GPUS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_NUM_NODES": "2",
+           **allocation}
     for script in TRAINING_SCRIPTS:
         launch, _ = dry_run(script, {**env, "INIT": ""} if script == "finetune.sh" else env)
         step_flags = launch[:launch.index("bash")]
@@ -350,5 +351,10 @@ def test_the_node_task_gets_the_allocations_cpus_and_gpus(dirs, allocation, cpus
 
     launch, _ = dry_run("pretrain.sh", {**env, "CPU": "1"})
     assert not any(flag.startswith("--gpus-per-node") for flag in launch[:launch.index("bash")])
+    # The multi-GPU layout emulated on a CPU allocation (tests/test_slurm_cluster.py): 8 processes, no GPU asked of
+    # srun, which refuses a step with GPUs the job lacks. Broken variant tried: srun given GPUS_PER_NODE always.
+    launch, _ = dry_run("pretrain.sh", {key: value for key, value in env.items() if key != "SLURM_GPUS_ON_NODE"})
+    assert not any(flag.startswith("--gpus-per-node") for flag in launch[:launch.index("bash")])
+    assert "--nproc_per_node=8" in launch
     launch, _ = dry_run("pretrain.sh", {"DATA": str(dirs / "data"), "GPUS_PER_NODE": "8"})  # outside SLURM
     assert not any(flag.startswith("--cpus-per-task") for flag in launch[:launch.index("bash")])

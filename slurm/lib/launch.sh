@@ -108,7 +108,11 @@ launch_on_nodes() {
   local cpus=${CPUS_PER_NODE:-${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-}}}
   local resources=()
   [ -n "$cpus" ] && resources+=(--cpus-per-task="$cpus")
-  uses_gpus && resources+=(--gpus-per-node="$gpus")   # all of the node's GPUs to its one task (torchrun)
+  # All of the node's allocated GPUs to its one task (torchrun). GPUS_PER_NODE without GPUs in the allocation
+  # (a CPU cluster emulating the multi-GPU layout) asks srun for none: it would refuse the step ("Invalid gres").
+  local allocated=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
+  allocated=${allocated##*:}
+  if uses_gpus && [[ "$allocated" =~ ^[1-9][0-9]*$ ]]; then resources+=(--gpus-per-node="$allocated"); fi
   master_addr=$(_master_addr)
   # Same rule as recipe/dist.py: below Linux's ephemeral range; every node derives the same port.
   master_port=$((20000 + ${SLURM_JOB_ID:-0} % 10000))
