@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sharded_data.format import corpus_path, decode_video, index_path, load_index, sample_key
+from sharded_data.format import corpus_path, decode_video, encode_video, index_path, load_index, sample_key
 from sharded_data.inspect import check_split
 from sharded_data.sources import VideoFileSource, VideoSource
 from sharded_data.write import (BadVideoError, IncompleteWriteError, SettingsMismatchError, main, parse_args,
@@ -449,3 +449,13 @@ def test_cli_array_tasks_then_finalize(tmp_path, capsys):
     assert main([*common, "--out", str(array), "--task-index", "1", "--num-tasks", "2"]) == 0
     assert main([*common, "--out", str(array), "--finalize"]) == 0
     assert files(array) == files(single)
+
+
+def test_mp4_encoder_is_single_threaded():
+    """At 224 px x264 would choose 2 frame threads and sliced threads on its own; the writer runs one encoder per
+    worker process and asks for one thread (the encoder's settings, which x264 writes into the stream itself,
+    must say so). Broken variant tried: the writer's x264-params without threads=1 (threads=2 here)."""
+    frames = (np.random.default_rng(0).random((6, 224, 224, 3)) * 255).astype(np.uint8)
+    _, data = encode_video(frames, "mp4", fps=25.0)
+    settings = data[data.index(b"options:"):].split(b"\x00", 1)[0].split()
+    assert b"threads=1" in settings and b"lookahead_threads=1" in settings
