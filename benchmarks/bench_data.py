@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the GPU's dense bf16 matmul peak (H200: ~790 measured, ENVIRONMENT.md)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation the GPU is assumed to reach")
     parser.add_argument("--baseline", type=Path, default=None,
-                        help="--gpu-feed: a checkout of an earlier version (e.g. `git worktree add /tmp/before REV`) "
+                        help="--gpu-feed: a checkout of an earlier version (e.g. `git worktree add DIR REV`) "
                              "whose loaders are timed beside this one's, round after round")
     parser.add_argument("--stored-size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"),
                         help="--gpu-feed: the frame size the shards store (read at 224 px; PHOENIX: 210 260)")
