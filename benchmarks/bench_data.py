@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stored-size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"),
                         help="--gpu-feed: the frame size the shards store (read at 224 px; PHOENIX: 210 260)")
     parser.add_argument("--skip-codecs", action="store_true", help="--gpu-feed: leave out the x264 settings table")
+    parser.add_argument("--codecs-only", action="store_true", help="--gpu-feed: only the x264 settings table")
     parser.add_argument("--loader-cost", help=argparse.SUPPRESS)  # internal: one child process of --gpu-feed
     return parser.parse_args(argv)
 
@@ -169,7 +170,11 @@ def timed_epoch(make_loader) -> tuple[float, int, float]:
 
 X264_VARIANTS = {  # decode cost and fidelity of the writer's settings and the alternatives tried
     "veryfast crf 18 (before 2026-11-30)": {"crf": "18", "preset": "veryfast", "bf": "0"},
-    "veryfast crf 18 cabac=0 (the writer's)": {"crf": "18", "preset": "veryfast", "bf": "0", "x264-params": "cabac=0"},
+    "veryfast crf 18 cabac=0 (the writer's before mbtree=0)": {"crf": "18", "preset": "veryfast", "bf": "0",
+                                                               "x264-params": "cabac=0"},
+    # mbtree=0: the macroblock tree read uninitialised memory (tests/test_video_codec_determinism.py)
+    "veryfast crf 18 cabac=0 mbtree=0 (the writer's)": {"crf": "18", "preset": "veryfast", "bf": "0",
+                                                        "x264-params": "cabac=0:threads=1:mbtree=0"},
     "veryfast crf 18 tune=fastdecode (also no deblocking)": {"crf": "18", "preset": "veryfast", "bf": "0",
                                                              "tune": "fastdecode"},
     "ultrafast crf 18": {"crf": "18", "preset": "ultrafast", "bf": "0"},
@@ -282,9 +287,24 @@ def measure_versions(spec: dict, versions: dict[str, Path], rounds: int) -> dict
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
+def print_codec_table(videos: list[np.ndarray], rounds: int) -> None:
+    from sharded_data.format import decode_mp4_bytes
+
+    print("## Decode cost of x264 settings (decode_mp4_bytes: H.264 + conversion to RGB; one core)\n")
+    print("| x264 settings | frames per CPU second | KiB per video | mean abs error (0-255) |")
+    print("|---|---|---|---|")
+    frames = sum(len(video) for video in videos)
+    for name, options in X264_VARIANTS.items():
+        encoded = [encode_with(video, options) for video in videos]
+        rates = [frames / cpu_seconds(lambda: [decode_mp4_bytes(data) for data in encoded]) for _ in range(rounds)]
+        error = statistics.mean(float(np.abs(decode_mp4_bytes(data).astype(np.float32) - video).mean())
+                                for data, video in zip(encoded, videos))
+        print(f"| {name} | {statistics.median(rates):,.0f} | {sum(map(len, encoded)) / len(encoded) / 1024:.0f} "
+              f"| {error:.2f} |", flush=True)
+
+
 def gpu_feed(args: argparse.Namespace, work: Path) -> None:
     from benchmarks.model_flops import flops_per_frame
-    from sharded_data.format import decode_mp4_bytes
 
     height, width = args.stored_size
     side = 224
@@ -294,17 +314,9 @@ def gpu_feed(args: argparse.Namespace, work: Path) -> None:
           f"read at {side} px\n")
 
     if not args.skip_codecs:
-        print("## Decode cost of x264 settings (decode_mp4_bytes: H.264 + conversion to RGB; one core)\n")
-        print("| x264 settings | frames per CPU second | KiB per video | mean abs error (0-255) |")
-        print("|---|---|---|---|")
-        for name, options in X264_VARIANTS.items():
-            encoded = [encode_with(video, options) for video in videos]
-            rates = [len(videos) * args.frames / cpu_seconds(lambda: [decode_mp4_bytes(data) for data in encoded])
-                     for _ in range(args.rounds)]
-            error = statistics.mean(float(np.abs(decode_mp4_bytes(data).astype(np.float32) - video).mean())
-                                    for data, video in zip(encoded, videos))
-            print(f"| {name} | {statistics.median(rates):,.0f} | {sum(map(len, encoded)) / len(encoded) / 1024:.0f} "
-                  f"| {error:.2f} |")
+        print_codec_table(videos, args.rounds)
+    if args.codecs_only:
+        return
 
     root = work / "gpu_feed"
     shutil.rmtree(root, ignore_errors=True)

@@ -207,10 +207,13 @@ def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
         # Sign videos are short: no B-frame reordering keeps decode simple; crf 18 is visually lossless.
         # cabac=0 (CAVLC entropy coding): ~1.4x faster to decode at 224 px for ~5% more bytes and the same
         # pixels; decoding is what feeds the GPUs (benchmarks/results/data.md, "Feeding a GPU").
-        # threads=1: at 224 px x264 picks frame and sliced threads itself; one encoder per writer worker keeps
-        # the cores busy anyway, and a single-threaded encoder is one less way for the bytes to depend on
-        # scheduling. (It does not explain everything: see README, "The synthetic corpus", on reproducibility.)
-        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0", "x264-params": "cabac=0:threads=1"}
+        # Byte-identical output in every process: mbtree=0, because x264's macroblock-tree rate control (its
+        # SIMD lookahead) reads memory it never wrote, so the bytes depended on what the process had freed
+        # before (~2% of clips differed between writer processes; tests/test_video_codec_determinism.py
+        # fills freed memory with NaN bytes to show it). threads=1: one encoder per writer worker keeps the
+        # cores busy anyway, and a single-threaded encoder does not depend on scheduling.
+        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0",
+                          "x264-params": "cabac=0:threads=1:mbtree=0"}
         # The true size is kept in the container metadata so decode can undo the padding.
         container.metadata["comment"] = f"{SIZE_TAG}{width}x{height}"
         for frame in frames:
