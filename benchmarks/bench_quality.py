@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_quality.py --out runs/quality --repro-check
         # rerun the smallest configuration (one random-negative arm, seed 0) in fresh processes: same numbers?
 
-Corpora: `python -m sharded_data.synth --preset P` (corpus seed 0, fixed; the seed of a run sets the model's
+Corpora: `python -m sharded_data.synth --preset P --video-format npy` (corpus seed 0, fixed; the seed of a run sets the model's
 initialisation, its batches and augmentation), presets matched to the real corpora's pair statistics:
   csl-like, phoenix-like   the main comparison, every main arm
   dense-neighbours         the mechanism test: hidden twins and one-sign-apart pairs in most batches, the
@@ -145,7 +145,7 @@ def corpus_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     for flag, value in (("--train", args.train), ("--dev", args.dev), ("--test", args.test)):
         sizes += [flag, str(value)] if value else []
     return {corpus: [sys.executable, "-m", "sharded_data.synth", "--out", str(corpus_dir(args, corpus)), "--preset",
-                     corpus, "--seed", "0", *sizes, "--no-progress"]
+                     corpus, "--seed", "0", "--video-format", args.video_format, *sizes, "--no-progress"]
             for corpus in args.corpora}
 
 
@@ -332,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=0, help="training videos per corpus (0: the preset's)")
     parser.add_argument("--dev", type=int, default=0, help="dev videos (0: the preset's)")
     parser.add_argument("--test", type=int, default=0, help="test videos (0: the preset's)")
+    parser.add_argument("--video-format", default="npy", choices=("npy", "mp4"),
+                        help="the corpora's video members: npy (default: no codec noise, cheaper to read, so more "
+                             "runs per CPU-hour) or mp4 (what a user stores; byte-identical too since mbtree=0)")
     parser.add_argument("--pretrain-epochs", type=int, default=6)
     parser.add_argument("--finetune-epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
