@@ -167,6 +167,8 @@ def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
             for category, share in summary["shares"].items():
                 overall.setdefault(category, []).append(100 * share)
             for kind, found in summary.get("by_kind", {}).items():
+                if not isinstance(found, dict):  # has_gloss / has_signer: what the corpus could tell
+                    continue
                 for category, share in found["shares"].items():
                     by_kind.setdefault(kind, {}).setdefault(category, []).append(100 * share)
                 by_kind[kind].setdefault("pairs", []).append(found.get("pairs", 0))

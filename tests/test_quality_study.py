@@ -206,3 +206,29 @@ def test_report_intervals_costs_and_discussion(tmp_path):
     assert comparison["bleu4"]["low"] > 0 and comparison["dev_v2t_r1"]["mean"] == pytest.approx(7.0)
     assert (results_dir / "quality" / "quality_differences.png").stat().st_size > 0
     assert "Runs not finished when this report was written: 0 of 25." in text  # only the arms asked for count
+
+
+def test_trajectory_table_reads_the_analysis_per_pair_kind(tmp_path):
+    """The report reads `recipe.analyze_trajectories`' summary as that module writes it: per-kind rows next to
+    the flags saying what the corpus could tell (has_gloss, has_signer), which are not rows. (The first real
+    study crashed here: the flags were read as rows.)"""
+    from recipe.analyze_trajectories import CATEGORIES
+
+    args = _args(tmp_path, "--corpora", "csl-like", "--arms", "cl", "--seeds", "0")
+    root, results_dir = Path(args.out), Path(args.results)
+    reference = root / "csl-like" / "seed0" / "cl" / "pretrain"
+    (reference / "trajectories" / "ref-000001").mkdir(parents=True)
+    (reference / "study_done.json").write_text(json.dumps({"seconds": 30}))
+    shares = dict(zip(CATEGORIES, (0.5, 0.25, 0.125, 0.125, 0.0)))
+    summary = {"shares": shares, "by_kind": {
+        "exact_twin": {"pairs": 4, "counts": {}, "shares": shares},
+        "same_signer": {"pairs": 10, "counts": {}, "shares": dict(zip(CATEGORIES, (0.0, 1.0, 0.0, 0.0, 0.0)))},
+        "has_gloss": True, "has_signer": True}}
+    analysis = root / "analysis" / "csl-like" / "seed0"
+    analysis.mkdir(parents=True)
+    (analysis / "trajectory_categories.json").write_text(json.dumps(summary))
+    (results_dir / "quality").mkdir(parents=True)
+    tables = report.trajectory_tables(root, args, results_dir)["csl-like"]
+    assert tables["overall"]["high_to_low"] == [50.0]
+    assert set(tables["by_kind"]) == {"exact_twin", "same_signer"}
+    assert tables["by_kind"]["same_signer"]["stays_high"] == [100.0] and tables["by_kind"]["same_signer"]["pairs"] == [10]
