@@ -168,18 +168,23 @@ def timed_epoch(make_loader) -> tuple[float, int, float]:
 
 # ------------------------------------------------------------------------------------- feeding a GPU
 
-X264_VARIANTS = {  # decode cost and fidelity of the writer's settings and the alternatives tried
-    "veryfast crf 18 (before 2026-11-30)": {"crf": "18", "preset": "veryfast", "bf": "0"},
-    "veryfast crf 18 cabac=0 (the writer's before mbtree=0)": {"crf": "18", "preset": "veryfast", "bf": "0",
-                                                               "x264-params": "cabac=0"},
-    # mbtree=0: the macroblock tree read uninitialised memory (tests/test_video_codec_determinism.py)
-    "veryfast crf 18 cabac=0 mbtree=0 (the writer's)": {"crf": "18", "preset": "veryfast", "bf": "0",
-                                                        "x264-params": "cabac=0:threads=1:mbtree=0"},
-    "veryfast crf 18 tune=fastdecode (also no deblocking)": {"crf": "18", "preset": "veryfast", "bf": "0",
-                                                             "tune": "fastdecode"},
-    "ultrafast crf 18": {"crf": "18", "preset": "ultrafast", "bf": "0"},
-    "veryfast crf 23 tune=fastdecode (lossier)": {"crf": "23", "preset": "veryfast", "bf": "0", "tune": "fastdecode"},
-}
+def x264_variants() -> dict[str, dict[str, str]]:
+    """Decode cost and fidelity of the writer's settings and the alternatives tried. The writer's own come from
+    sharded_data.format, imported here: a --baseline checkout's loaders import this module and may predate them."""
+    from sharded_data.format import H264_OPTIONS
+
+    return {
+        "veryfast crf 18 (before 2026-11-30)": {"crf": "18", "preset": "veryfast", "bf": "0"},
+        "veryfast crf 18 cabac=0 (the writer's before mbtree=0)": {"crf": "18", "preset": "veryfast", "bf": "0",
+                                                                   "x264-params": "cabac=0"},
+        # mbtree=0: the macroblock tree read uninitialised memory (tests/test_video_codec_determinism.py)
+        "veryfast crf 18 cabac=0 mbtree=0 (the writer's)": H264_OPTIONS,
+        "veryfast crf 18 tune=fastdecode (also no deblocking)": {"crf": "18", "preset": "veryfast", "bf": "0",
+                                                                 "tune": "fastdecode"},
+        "ultrafast crf 18": {"crf": "18", "preset": "ultrafast", "bf": "0"},
+        "veryfast crf 23 tune=fastdecode (lossier)": {"crf": "23", "preset": "veryfast", "bf": "0",
+                                                      "tune": "fastdecode"},
+    }
 
 
 def encode_with(frames: np.ndarray, options: dict[str, str]) -> bytes:
@@ -294,7 +299,7 @@ def print_codec_table(videos: list[np.ndarray], rounds: int) -> None:
     print("| x264 settings | frames per CPU second | KiB per video | mean abs error (0-255) |")
     print("|---|---|---|---|")
     frames = sum(len(video) for video in videos)
-    for name, options in X264_VARIANTS.items():
+    for name, options in x264_variants().items():
         encoded = [encode_with(video, options) for video in videos]
         rates = [frames / cpu_seconds(lambda: [decode_mp4_bytes(data) for data in encoded]) for _ in range(rounds)]
         error = statistics.mean(float(np.abs(decode_mp4_bytes(data).astype(np.float32) - video).mean())

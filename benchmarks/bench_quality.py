@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/bench_quality.py --out runs/quality --repro-check
         # rerun the smallest configuration (one random-negative arm, seed 0) in fresh processes: same numbers?
 
-Corpora: `python -m sharded_data.synth --preset P --video-format npy` (corpus seed 0, fixed; the seed of a run sets the model's
-initialisation, its batches and augmentation), presets matched to the real corpora's pair statistics:
+Corpora: `python -m sharded_data.synth --preset P --video-format npy` (corpus seed 0, fixed; the seed of a run
+sets the model's initialisation, its batches and augmentation), presets matched to the real corpora's pair
+statistics:
   csl-like, phoenix-like   the main comparison, every main arm
   dense-neighbours         the mechanism test: hidden twins and one-sign-apart pairs in most batches, the
                            regime where Pair Selection's false-negative story should matter most

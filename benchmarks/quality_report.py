@@ -275,7 +275,7 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
         f"Finished runs: {len(finished)} of {len(jobs)}, {cpu_hours:.1f} hours of run time in all (each run one "
         f"CPU thread, {args.workers} at a time).", "",
         f"Setup: corpora from `sharded_data.synth --preset CORPUS --seed 0 --video-format "
-        f"{getattr(args, 'video_format', 'mp4')}` ({', '.join(args.corpora)}); `tiny` "
+        f"{args.video_format}` ({', '.join(args.corpora)}); `tiny` "
         f"model, {args.frame_size} px frames, at most {args.max_frames} frames, batch {args.batch_size}, lr "
         f"{args.lr}, one CPU rank. Pretraining {args.pretrain_epochs} epochs (contrastive + translation), "
         f"finetuning {args.finetune_epochs} epochs; translation only: {args.pretrain_epochs + args.finetune_epochs} "

@@ -191,6 +191,10 @@ def encode_video(frames: np.ndarray, video_format: str, fps: float = 25.0, crf: 
     raise ValueError(f"unknown video format {video_format!r}; choose one of {VIDEO_FORMATS}")
 
 
+H264_OPTIONS = {"crf": "18", "preset": "veryfast", "bf": "0", "x264-params": "cabac=0:threads=1:mbtree=0"}
+"""The writer's x264 settings (why each: in `_encode_h264`); benchmarks/bench_data.py times them."""
+
+
 def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
     import av  # imported here: the npy path and the index tools need no codec library
 
@@ -212,8 +216,7 @@ def _encode_h264(frames: np.ndarray, fps: float, crf: int) -> bytes:
         # before (~2% of clips differed between writer processes; tests/test_video_codec_determinism.py
         # fills freed memory with NaN bytes to show it). threads=1: one encoder per writer worker keeps the
         # cores busy anyway, and a single-threaded encoder does not depend on scheduling.
-        stream.options = {"crf": str(crf), "preset": "veryfast", "bf": "0",
-                          "x264-params": "cabac=0:threads=1:mbtree=0"}
+        stream.options = {**H264_OPTIONS, "crf": str(crf)}
         # The true size is kept in the container metadata so decode can undo the padding.
         container.metadata["comment"] = f"{SIZE_TAG}{width}x{height}"
         for frame in frames:
