@@ -71,14 +71,14 @@ def test_every_planned_run_is_a_valid_command_with_the_arms_settings(tmp_path):
         else:  # the same optimizer steps for every arm: translation only gets the pretraining epochs too
             assert config.epochs == (12 if job.arm == "translation_only" else 6)
             assert bool(config.init) == (job.arm != "translation_only")
-    settings = {j.arm: _parse(j) for j in jobs if j.name.startswith("phoenix-like/0/") and j.stage == "pretrain"}
+    settings = {j.arm: _parse(j) for j in jobs if j.name.startswith("csl-like/0/") and j.stage == "pretrain"}
     scl = settings["scl"]
     assert (scl.same_sentence, scl.curriculum, scl.ps_score, scl.ps_similarity, scl.translation_batches) == (
         "negative", "log", "delta", "loss", "same") and scl.similarity == "token"
     assert settings["cl"].same_sentence == "negative" and settings["cl_masked"].same_sentence == "mask"
     assert settings["scl_masked"].same_sentence == "mask"
-    assert settings["scl_masked"].reference_run.endswith("phoenix-like/seed0/cl_masked/pretrain")
-    assert settings["scl"].reference_run.endswith("phoenix-like/seed0/cl/pretrain")
+    assert settings["scl_masked"].reference_run.endswith("csl-like/seed0/cl_masked/pretrain")
+    assert settings["scl"].reference_run.endswith("csl-like/seed0/cl/pretrain")
     assert settings["scl_self"].reference_run == "self" and settings["scl_self"].self_reference_checkpoints == 3
     assert settings["scl_iid"].translation_batches == "iid"
     assert settings["scl_easy"].curriculum == "easy" and settings["scl_sqrt"].curriculum == "sqrt"
@@ -98,7 +98,7 @@ def test_the_main_comparison_runs_first_and_extra_seeds_only_for_it(tmp_path):
 
 def test_an_ablation_alone_brings_its_reference_run(tmp_path):
     names = [j.name for j in bench.plan_jobs(_args(tmp_path, "--arms", "scl_hard", "--seeds", "1"))]
-    assert names == ["phoenix-like/1/cl/pretrain", "phoenix-like/1/scl_hard/pretrain", "phoenix-like/1/scl_hard/finetune"]
+    assert names == ["csl-like/1/cl/pretrain", "csl-like/1/scl_hard/pretrain", "csl-like/1/scl_hard/finetune"]
 
 
 def test_a_reference_view_starts_the_trajectory_later(tmp_path):
