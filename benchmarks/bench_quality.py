@@ -1,6 +1,7 @@
 """Does Pair Selection help? The paper's tables at CPU scale: arms x corpora x seeds, run as the CLI a user types.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py --out runs/quality --workers 2   # resumable
+        # --seeds 0 ... 9 --seeds-for phoenix-like=16: more seeds where the paired differences spread more
     .venv/bin/python benchmarks/bench_quality.py --out runs/quality --report     # only aggregate what finished
     .venv/bin/python benchmarks/bench_quality.py --out runs/quality --repro-check
         # rerun the smallest configuration (one random-negative arm, seed 0) in fresh processes: same numbers?
@@ -150,6 +151,10 @@ def corpus_commands(args: argparse.Namespace) -> dict[str, list[str]]:
             for corpus in args.corpora}
 
 
+def seeds_of(args: argparse.Namespace, corpus: str) -> list[int]:
+    return args.seeds_for.get(corpus, args.seeds)
+
+
 def run_dir(args: argparse.Namespace, corpus: str, seed: int, arm: str) -> Path:
     return Path(args.out).resolve() / corpus / f"seed{seed}" / arm
 
@@ -191,9 +196,9 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             python, "-m", "recipe.finetune", *common, "--out", str(runs / "finetune"), "--epochs", str(epochs),
             "--num-beams", str(args.num_beams), *init], needs_pretrain, tier))
 
-    for seed in args.seeds:
-        extra = seed >= args.base_seeds
-        for corpus in args.corpora:
+    for corpus in args.corpora:  # within one tier and seed, jobs keep this order: corpora, then arms
+        for seed in seeds_of(args, corpus):
+            extra = seed >= args.base_seeds
             if corpus in MAIN_CORPORA:
                 for arm in MAIN_ARMS:
                     if extra and arm not in CORE_ARMS:
@@ -324,6 +329,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/quality", help="where corpora and runs go")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds-for", action="append", default=[], type=_corpus_seeds, metavar="CORPUS=N",
+                        help="run seeds 0..N-1 on CORPUS instead of --seeds (a preset whose seeds spread more "
+                             "needs more of them for the same interval); repeatable")
     parser.add_argument("--base-seeds", type=int, default=5,
                         help="seeds below this run every main arm; later seeds only cl, cl_masked and scl")
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
@@ -349,7 +357,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", action="store_true", help="only aggregate the finished runs")
     parser.add_argument("--repro-check", action="store_true", help="rerun the smallest configuration and compare")
     parser.add_argument("--results", default=str(RESULTS), help="where quality.md, quality.json and plots go")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.seeds_for = dict(args.seeds_for)
+    return args
+
+
+def _corpus_seeds(text: str) -> tuple[str, list[int]]:
+    corpus, _, count = text.partition("=")
+    if corpus not in CORPORA or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CORPUS=N with CORPUS one of {', '.join(CORPORA)}, "
+                                         f"e.g. phoenix-like=16 for seeds 0..15")
+    return corpus, list(range(int(count)))
 
 
 def main(argv: list[str] | None = None) -> None:

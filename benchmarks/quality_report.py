@@ -21,7 +21,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from bench_quality import ARMS, MAIN_CORPORA, MECHANISM_CORPUS, run_dir
+from bench_quality import ARMS, MAIN_CORPORA, MECHANISM_CORPUS, run_dir, seeds_of
 from quality_stats import METRICS, paired_difference, run_stats, t_quantile
 
 RETRIEVAL = ("dev_v2t_r1", "dev_t2v_r1")
@@ -153,7 +153,7 @@ def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
     for corpus in args.corpora:
         overall: dict[str, list[float]] = {}
         by_kind: dict[str, dict[str, list[float]]] = {}
-        for seed in args.seeds:
+        for seed in seeds_of(args, corpus):
             reference = run_dir(args, corpus, seed, "cl") / "pretrain"
             if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
                 continue
@@ -266,6 +266,7 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
     study_args = [a for a in sys.argv[1:] if a not in ("--report",)]
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py " + shlex.join(study_args)
     finished = [j for j in jobs if j.done]
+    per_corpus = "".join(f"; {corpus}: {seeds[0]}-{seeds[-1]}" for corpus, seeds in args.seeds_for.items())
     cpu_hours = sum(json.loads((j.out / "study_done.json").read_text())["seconds"] for j in finished) / 3600
     lines = [
         "# Quality study: the paper's tables at CPU scale", "",
@@ -279,8 +280,8 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
         f"model, {args.frame_size} px frames, at most {args.max_frames} frames, batch {args.batch_size}, lr "
         f"{args.lr}, one CPU rank. Pretraining {args.pretrain_epochs} epochs (contrastive + translation), "
         f"finetuning {args.finetune_epochs} epochs; translation only: {args.pretrain_epochs + args.finetune_epochs} "
-        f"finetuning epochs. Test decoding: beam {args.num_beams}. Seeds {args.seeds} (ablations: the first "
-        f"{args.ablation_seeds}, on {args.ablation_corpus}).", "",
+        f"finetuning epochs. Test decoding: beam {args.num_beams}. Seeds {args.seeds}{per_corpus} "
+        f"(ablations: the first {args.ablation_seeds}, on {args.ablation_corpus}).", "",
         "Intervals: 95%, paired over seeds (t) with the test-sentence bootstrap added in variance "
         "(`benchmarks/quality_stats.py`); dev R@1: over seeds only. An interval that excludes 0 says **better** or "
         "**worse**; otherwise no difference was shown.", "",

@@ -96,6 +96,15 @@ def test_the_main_comparison_runs_first_and_extra_seeds_only_for_it(tmp_path):
     assert all(j.tier == 4 for j in jobs if j.seed >= 5)
 
 
+def test_one_corpus_can_have_more_seeds_than_the_others(tmp_path):
+    jobs = bench.plan_jobs(_args(tmp_path, "--seeds", "0", "1", "--seeds-for", "phoenix-like=7"))
+    seeds = {corpus: {j.seed for j in jobs if j.corpus == corpus} for corpus in bench.CORPORA}
+    assert seeds == {"csl-like": {0, 1}, "phoenix-like": set(range(7)), "dense-neighbours": {0, 1}}
+    assert {j.arm for j in jobs if j.seed >= 5} == set(bench.CORE_ARMS)
+    with pytest.raises(SystemExit):
+        _args(tmp_path, "--seeds-for", "phoenix=16")  # not a preset: a clear error, not an empty plan
+
+
 def test_an_ablation_alone_brings_its_reference_run(tmp_path):
     names = [j.name for j in bench.plan_jobs(_args(tmp_path, "--arms", "scl_hard", "--seeds", "1"))]
     assert names == ["csl-like/1/cl/pretrain", "csl-like/1/scl_hard/pretrain", "csl-like/1/scl_hard/finetune"]
