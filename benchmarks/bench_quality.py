@@ -50,10 +50,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))  # run as a script from the repository root: `recipe` must be importable
+
+from quality_records import archive_finetune, archive_pretrain, record_path, references_path  # noqa: E402
 
 MAIN_CORPORA = ("csl-like", "phoenix-like")
 MECHANISM_CORPUS = "dense-neighbours"
@@ -116,10 +119,18 @@ class Job:
     """Start order: lower first (main comparison, other main arms, mechanism, ablations, extra seeds)."""
     reference_view: tuple[Path, Path, int] | None = None
     """(reference run, view directory, first epoch): a reference trajectory starting later, made before the run."""
+    record: Path | None = None
+    """Where the run's record is kept once it finished (`quality_records.py`)."""
 
     @property
     def done(self) -> bool:
+        """Its run directory holds the finished run."""
         return (self.out / "study_done.json").exists()
+
+    @property
+    def archived(self) -> bool:
+        """Its record exists (the run directory may be gone)."""
+        return self.record is not None and self.record.exists()
 
     @property
     def corpus(self) -> str:
@@ -173,6 +184,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                   "--seed", str(seed)]
         runs = run_dir(args, corpus, seed, arm_name)
         prefix = f"{corpus}/{seed}/{arm_name}"
+        records = Path(args.records).resolve()
         needs_pretrain = []
         if arm.pretrain is not None:
             flags = list(arm.pretrain)
@@ -188,13 +200,15 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
                 needs = [f"{corpus}/{seed}/{arm.reference}/pretrain"]
             jobs.append(Job(f"{prefix}/pretrain", runs / "pretrain", [
                 python, "-m", "recipe.pretrain", *common, "--out", str(runs / "pretrain"),
-                "--epochs", str(args.pretrain_epochs), *flags], needs, tier, view))
+                "--epochs", str(args.pretrain_epochs), *flags], needs, tier, view,
+                record_path(records, corpus, seed, arm_name, "pretrain")))
             needs_pretrain = [f"{prefix}/pretrain"]
         init = ["--init", str(runs / "pretrain")] if arm.pretrain is not None else []
         epochs = args.finetune_epochs + (args.pretrain_epochs if arm.pretrain is None else 0)
         jobs.append(Job(f"{prefix}/finetune", runs / "finetune", [
             python, "-m", "recipe.finetune", *common, "--out", str(runs / "finetune"), "--epochs", str(epochs),
-            "--num-beams", str(args.num_beams), *init], needs_pretrain, tier))
+            "--num-beams", str(args.num_beams), *init], needs_pretrain, tier,
+            record=record_path(records, corpus, seed, arm_name, "finetune")))
 
     for corpus in args.corpora:  # within one tier and seed, jobs keep this order: corpora, then arms
         for seed in seeds_of(args, corpus):
@@ -228,12 +242,27 @@ def make_reference_view(reference: Path, view: Path, first_epoch: int) -> None:
             link.symlink_to(path.resolve())
 
 
-def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
-    """Run the jobs on `workers` threads, each job a subprocess; a job starts once the jobs it needs are done,
-    and is dropped when one of them failed."""
+def still_to_run(jobs: list[Job]) -> list[Job]:
+    """The jobs neither finished in their run directory nor archived, and the archived ones whose run directory
+    one of those needs (an SCL arm reads its reference run's trajectory, finetuning starts from its pretraining
+    checkpoint): they run again, and must reproduce their record."""
+    by_name = {j.name: j for j in jobs}
+    wanted = {j.name for j in jobs if not j.done and not j.archived}
+    frontier = list(wanted)
+    while frontier:
+        for need in by_name[frontier.pop()].needs:
+            if need not in wanted and not by_name[need].done:
+                wanted.add(need)
+                frontier.append(need)
+    return [j for j in jobs if j.name in wanted]
+
+
+def run_jobs(jobs: list[Job], workers: int, log_dir: Path, on_done: Callable[[Job], None] | None = None) -> None:
+    """Run the jobs still to run on `workers` threads, each job a subprocess; a job starts once the jobs it
+    needs are done, and is dropped when one of them failed. `on_done(job)` follows each job that succeeded."""
     lock = threading.Lock()
-    pending = [j for j in jobs if not j.done]
-    finished, failed = {j.name for j in jobs if j.done}, set()
+    pending = still_to_run(jobs)
+    finished, failed = {j.name for j in jobs if j not in pending}, set()
 
     def take() -> Job | None | bool:
         """The next runnable job, None if all left wait on a running one, False if nothing is left."""
@@ -262,10 +291,16 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
             with open(log, "a") as out:
                 code = subprocess.call(job.command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
             seconds = time.perf_counter() - started
+            if code == 0:
+                record = {"seconds": round(seconds, 1), "command": job.command}
+                (job.out / "study_done.json").write_text(json.dumps(record))
+                try:
+                    if on_done is not None:
+                        on_done(job)
+                except Exception as error:  # the run itself finished: what needs it may start; the report retries
+                    print(f"[WARN ] {job.name}: finished, but {type(error).__name__}: {error}", flush=True)
             with lock:
                 if code == 0:
-                    record = {"seconds": round(seconds, 1), "command": job.command}
-                    (job.out / "study_done.json").write_text(json.dumps(record))
                     finished.add(job.name)
                     print(f"[done ] {job.name} in {seconds:.0f} s", flush=True)
                 else:
@@ -277,6 +312,28 @@ def run_jobs(jobs: list[Job], workers: int, log_dir: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def archive_job(args: argparse.Namespace, job: Job) -> None:
+    """Keep what the report needs of a finished run in its record (`quality_records.py`)."""
+    if job.stage == "finetune":
+        outcome = archive_finetune(job.out, job.record, references_path(Path(args.records).resolve(), job.corpus))
+    elif job.arm == "cl":  # the reference run whose trajectory the report's tables describe
+        first_seed = job.seed == seeds_of(args, job.corpus)[0]
+        analysis = Path(args.out).resolve() / "analysis" / job.corpus / f"seed{job.seed}"
+        outcome = archive_pretrain(job.out, job.record, corpus_dir(args, job.corpus), analysis,
+                                   twins_batch=args.batch_size if first_seed else 0)
+    else:
+        outcome = archive_pretrain(job.out, job.record, corpus_dir(args, job.corpus))
+    print(f"[record] {job.name}: {outcome}", flush=True)
+
+
+def archive_finished(args: argparse.Namespace, jobs: list[Job]) -> None:
+    """Record every run finished in its run directory but not yet archived (runs finished before records
+    existed, or whose archiving was interrupted)."""
+    for job in jobs:
+        if job.done and job.record is not None and not job.archived:
+            archive_job(args, job)
 
 
 def make_corpora(args: argparse.Namespace) -> None:
@@ -357,6 +414,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", action="store_true", help="only aggregate the finished runs")
     parser.add_argument("--repro-check", action="store_true", help="rerun the smallest configuration and compare")
     parser.add_argument("--results", default=str(RESULTS), help="where quality.md, quality.json and plots go")
+    parser.add_argument("--records", default=str(RESULTS / "quality_runs"),
+                        help="where each finished run's record is kept (committed: the report and later seeds "
+                             "need them after the run directories are gone)")
     args = parser.parse_args(argv)
     args.seeds_for = dict(args.seeds_for)
     return args
@@ -380,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         make_corpora(args)
-        run_jobs(jobs, args.workers, root / "logs")
+        run_jobs(jobs, args.workers, root / "logs", on_done=lambda job: archive_job(args, job))
     from quality_report import write_report  # the aggregation: benchmarks/quality_report.py
 
     write_report(root, args, jobs, Path(args.results))

@@ -6,8 +6,9 @@ a 95% interval that also counts test-set sampling (`quality_stats.py` says how);
 time and optimizer steps, its reference run included; the reference runs' trajectory categories next to the
 paper's, overall and per ground-truth pair kind; twins per batch in Pair Selection vs random batches.
 
-Everything after the line `<!-- discussion -->` in an existing quality.md is kept: that is where a person
-writes what the numbers mean.
+Reads the runs' records (`quality_records.py`), not their run directories, which may be gone; first archives what
+finished since. Everything after the line `<!-- discussion -->` in an existing quality.md is kept: that is where
+a person writes what the numbers mean.
 """
 from __future__ import annotations
 
@@ -16,15 +17,14 @@ import math
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-from bench_quality import ARMS, MAIN_CORPORA, MECHANISM_CORPUS, run_dir, seeds_of
-from quality_stats import METRICS, paired_difference, run_stats, t_quantile
+from bench_quality import ARMS, MAIN_CORPORA, MECHANISM_CORPUS, archive_finished, seeds_of
+from quality_records import RETRIEVAL, load, record_path, references_path, versions
+from quality_stats import SentenceStats, paired_difference, t_quantile
 
-RETRIEVAL = ("dev_v2t_r1", "dev_t2v_r1")
 DISCUSSION_MARK = "<!-- discussion -->"
 PAPER_TRAJECTORIES = {"high_to_low": "36%", "stays_high": "32%", "low_to_high": "18%"}
 # (arm, baseline, what it answers): the paper's claims first.
@@ -49,45 +49,33 @@ ABLATION_COMPARISONS = (
 
 
 # --- what finished ----------------------------------------------------------------------------------------
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _last_eval(run: Path) -> dict:
-    evals = [r["eval"] for r in _records(run) if "eval" in r]
-    return evals[-1] if evals else {}
-
-
-def _steps(run: Path) -> int:
-    return max((r["step"] for r in _records(run) if "loss" in r), default=0)
-
-
-def collect(root: Path, args, jobs: list) -> dict:
-    """results[corpus][arm][seed] = {metrics..., "stats": SentenceStats, "seconds", "steps"} of finished arms."""
+def collect(args, jobs: list) -> dict:
+    """results[corpus][arm][seed] = {metrics..., "stats": SentenceStats, "seconds", "steps"} of the archived
+    arms (`quality_records.py`: the run directories themselves may be gone)."""
     results: dict = {}
-    finished = {j.name for j in jobs if j.done}
+    records = Path(args.records).resolve()
+    references: dict[str, list[str]] = {}
+    archived = {j.name: j for j in jobs if j.archived}
     for job in jobs:
-        if job.stage != "finetune" or job.name not in finished:
+        if job.stage != "finetune" or job.name not in archived:
             continue
-        runs = run_dir(args, job.corpus, job.seed, job.arm)
-        report = runs / "finetune" / "reports"
-        row = {k: json.loads((report / "test.json").read_text())[k] for k in METRICS}
-        row["stats"] = run_stats(report / "test.hyp.tsv")
-        row["seconds"] = json.loads((runs / "finetune" / "study_done.json").read_text())["seconds"]
-        row["steps"] = _steps(runs / "finetune")
-        row["own_seconds"], row["own_steps"] = row["seconds"], row["steps"]
+        if job.corpus not in references:
+            references[job.corpus] = load(references_path(records, job.corpus))["references"]
+        finetune = load(job.record)
+        row = dict(finetune["test"])
+        row["stats"] = SentenceStats(finetune["hypotheses"], references[job.corpus])
+        row["own_seconds"], row["own_steps"] = finetune["seconds"], finetune["steps"]
         arm = ARMS[job.arm]
         if arm.pretrain is not None:
-            evaluation = _last_eval(runs / "pretrain")
-            row.update({k: evaluation[k] for k in RETRIEVAL if k in evaluation})  # percent
-            pretrain_seconds = json.loads((runs / "pretrain" / "study_done.json").read_text())["seconds"]
-            row["own_seconds"] += pretrain_seconds
-            row["own_steps"] += _steps(runs / "pretrain")
-            row["seconds"], row["steps"] = row["own_seconds"], row["own_steps"]
-            if arm.reference:  # two-run Pair Selection pays for its reference run too
-                reference = run_dir(args, job.corpus, job.seed, arm.reference) / "pretrain"
-                row["seconds"] += json.loads((reference / "study_done.json").read_text())["seconds"]
-                row["steps"] += _steps(reference)
+            pretrain = load(record_path(records, job.corpus, job.seed, job.arm, "pretrain"))
+            row.update({k: pretrain[k] for k in RETRIEVAL if k in pretrain})  # percent
+            row["own_seconds"] += pretrain["seconds"]
+            row["own_steps"] += pretrain["steps"]
+        row["seconds"], row["steps"] = row["own_seconds"], row["own_steps"]
+        if arm.reference:  # two-run Pair Selection pays for its reference run too
+            reference = load(record_path(records, job.corpus, job.seed, arm.reference, "pretrain"))
+            row["seconds"] += reference["seconds"]
+            row["steps"] += reference["steps"]
         results.setdefault(job.corpus, {}).setdefault(job.arm, {})[job.seed] = row
     return results
 
@@ -147,23 +135,19 @@ def interval(diff: dict | None) -> str:
 
 # --- trajectories and twins ------------------------------------------------------------------------------
 def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
-    """`recipe.analyze_trajectories` on the finished reference runs (cl) of each corpus, with the corpus's
-    ground truth; mean shares over seeds, overall and per pair kind. Seed 0's plots go next to the report."""
+    """The reference runs' (cl) trajectory categories, as `recipe.analyze_trajectories` found them with the
+    corpus's ground truth when each run was archived; mean shares over seeds, overall and per pair kind. The
+    first seed's plots go next to the report while its run's analysis is still on disk."""
     tables: dict = {}
+    records = Path(args.records).resolve()
     for corpus in args.corpora:
         overall: dict[str, list[float]] = {}
         by_kind: dict[str, dict[str, list[float]]] = {}
         for seed in seeds_of(args, corpus):
-            reference = run_dir(args, corpus, seed, "cl") / "pretrain"
-            if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
+            path = record_path(records, corpus, seed, "cl", "pretrain")
+            summary = load(path).get("trajectory_categories") if path.exists() else None
+            if summary is None:
                 continue
-            analysis = root / "analysis" / corpus / f"seed{seed}"
-            summary_path = analysis / "trajectory_categories.json"
-            if not summary_path.exists():
-                subprocess.run([sys.executable, "-m", "recipe.analyze_trajectories", str(reference), "--out",
-                                str(analysis), "--relative", "--data", str(root / "corpora" / corpus)],
-                               check=True, capture_output=True)
-            summary = json.loads(summary_path.read_text())
             for category, share in summary["shares"].items():
                 overall.setdefault(category, []).append(100 * share)
             for kind, found in summary.get("by_kind", {}).items():
@@ -172,8 +156,8 @@ def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
                 for category, share in found["shares"].items():
                     by_kind.setdefault(kind, {}).setdefault(category, []).append(100 * share)
                 by_kind[kind].setdefault("pairs", []).append(found.get("pairs", 0))
-            if seed == args.seeds[0]:
-                for plot in analysis.glob("*.png"):
+            if seed == seeds_of(args, corpus)[0]:
+                for plot in (root / "analysis" / corpus / f"seed{seed}").glob("*.png"):
                     (results_dir / "quality" / f"trajectories_{corpus}_{plot.name}").write_bytes(plot.read_bytes())
         if overall:
             tables[corpus] = {"overall": overall, "by_kind": by_kind}
@@ -181,23 +165,13 @@ def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
 
 
 def twin_tables(args) -> dict[str, list[str]]:
-    """Twins per global batch in Pair Selection batches vs random ones, on each main corpus's first reference
-    run (`benchmarks/bench_sampler.py`'s measurement, at alpha 0, 0.5 and 1)."""
-    from bench_sampler import twin_rows
-
-    from recipe.pair_selection import PairScorer
-    from recipe.trajectory_store import load_trajectory
-
+    """Twins per global batch in Pair Selection batches vs random ones, on each corpus's first reference run
+    (`benchmarks/bench_sampler.py`'s measurement at alpha 0, 0.5 and 1, made when the run was archived)."""
     tables = {}
     for corpus in args.corpora:
-        reference = run_dir(args, corpus, args.seeds[0], "cl") / "pretrain"
-        if not (reference / "study_done.json").exists() or not any(reference.glob("trajectories/ref-*")):
-            continue
-        trajectory = load_trajectory(reference, load_tokens=False)
-        shared = PairScorer(trajectory, "delta", "token").symmetric_scores()
-        tables[corpus] = twin_rows(f"{corpus} seed {args.seeds[0]}", lambda mode: PairScorer(
-            trajectory, "delta", "token", same_sentence=mode, symmetric_scores=shared), trajectory,
-            batch=args.batch_size)
+        path = record_path(Path(args.records).resolve(), corpus, seeds_of(args, corpus)[0], "cl", "pretrain")
+        if path.exists() and "twins" in load(path):
+            tables[corpus] = load(path)["twins"]
     return tables
 
 
@@ -250,7 +224,8 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
     results_dir.mkdir(parents=True, exist_ok=True)
     plots = results_dir / "quality"
     plots.mkdir(exist_ok=True)
-    results = collect(root, args, jobs)
+    archive_finished(args, jobs)  # runs finished in their directories, not yet recorded
+    results = collect(args, jobs)
     comparisons: dict = {}
     for corpus in results:
         items = (MAIN_COMPARISONS if corpus in MAIN_CORPORA else ()) + \
@@ -265,16 +240,22 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
 
     study_args = [a for a in sys.argv[1:] if a not in ("--report",)]
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py " + shlex.join(study_args)
-    finished = [j for j in jobs if j.done]
+    finished = [j for j in jobs if j.archived]
     per_corpus = "".join(f"; {corpus}: {seeds[0]}-{seeds[-1]}" for corpus, seeds in args.seeds_for.items())
-    cpu_hours = sum(json.loads((j.out / "study_done.json").read_text())["seconds"] for j in finished) / 3600
+    cpu_hours = sum(load(j.record)["seconds"] for j in finished) / 3600
+    reruns = sum(load(j.record).get("reproduced", 0) for j in finished)
+    differing = sorted(str(p.relative_to(Path(args.records).resolve()))
+                       for p in Path(args.records).resolve().glob("*/*/*/*.rerun.json"))
     lines = [
         "# Quality study: the paper's tables at CPU scale", "",
         f"Generated by `benchmarks/quality_report.py` on {date.today()} ({platform.machine()}, "
         f"{_cpu_count()} CPU cores; {_versions()}). Command (from the repository root; resumable, "
         f"`--report` only aggregates):", "", f"```bash\n{command}\n```", "",
         f"Finished runs: {len(finished)} of {len(jobs)}, {cpu_hours:.1f} hours of run time in all (each run one "
-        f"CPU thread, {args.workers} at a time).", "",
+        f"CPU thread, {args.workers} at a time). Each run's record (test hypotheses, scores, steps, wall time, "
+        f"dev retrieval, trajectory categories) is kept in `{_portable(args.records)}/`; runs started again "
+        f"to rebuild a run directory another run needed: {reruns} reproduced their record exactly, "
+        f"{len(differing)} did not{(' (' + ', '.join(differing) + ')') if differing else ''}.", "",
         f"Setup: corpora from `sharded_data.synth --preset CORPUS --seed 0 --video-format "
         f"{args.video_format}` ({', '.join(args.corpora)}); `tiny` "
         f"model, {args.frame_size} px frames, at most {args.max_frames} frames, batch {args.batch_size}, lr "
@@ -341,7 +322,7 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
         lines += ["## Plots", "", "![BLEU-4 per arm](quality/quality_bleu4.png)", "",
                   "![differences with intervals](quality/quality_differences.png)", ""]
         lines += [f"![{p.stem}](quality/{p.name})" for p in sorted(plots.glob("trajectories_*.png"))] + [""]
-    missing = [j.name for j in jobs if not j.done]
+    missing = [j.name for j in jobs if not j.archived]
     lines += [f"Runs not finished when this report was written: {len(missing)} of {len(jobs)}"
               + (f" ({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''})" if missing else "") + ".", ""]
 
@@ -370,10 +351,7 @@ def _portable(value):
 
 
 def _versions() -> str:
-    """The packages whose version changed results before (transformers 5.24 renamed the decoder cache)."""
-    from importlib.metadata import version
-
-    return ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "deepspeed", "peft", "sacrebleu"))
+    return ", ".join(f"{name} {version}" for name, version in versions().items())
 
 
 def _cpu_count() -> int:
