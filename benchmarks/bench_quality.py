@@ -36,6 +36,13 @@ Ablations (the paper's other tables; fewer seeds, one corpus), each scl with one
 Order: the runs of the main comparison first (cl, cl_masked, scl on both main corpora, seed by seed), then the
 other main arms, the mechanism test, the ablations, and extra seeds: a study cut short still answers the main
 question. A finished run leaves `study_done.json`; an interrupted one resumes from its checkpoint.
+
+Records: each finished run also leaves a small record in benchmarks/results/quality_runs/ (`quality_records.py`),
+which the report reads and which is committed with it: the run directories may be gone (a fresh checkout) and the
+study can still be reported and extended. The first four sittings predate records: their scores survive in
+benchmarks/results/quality_legacy.json (`--legacy`), their seeds are not run again, and later seeds pool with
+them (`quality_stats.pooled_difference`).
+
 `quality_report.py` aggregates into benchmarks/results/quality.md (+ quality.json and plots).
 """
 from __future__ import annotations
@@ -121,6 +128,9 @@ class Job:
     """(reference run, view directory, first epoch): a reference trajectory starting later, made before the run."""
     record: Path | None = None
     """Where the run's record is kept once it finished (`quality_records.py`)."""
+    legacy: str = ""
+    """'kept': an earlier sitting ran it and only its scores survive (`--legacy`); 'lost': its seed is such a
+    seed but this arm never ran then (it cannot be paired with that seed's other runs any more); '' otherwise."""
 
     @property
     def done(self) -> bool:
@@ -129,8 +139,8 @@ class Job:
 
     @property
     def archived(self) -> bool:
-        """Its record exists (the run directory may be gone)."""
-        return self.record is not None and self.record.exists()
+        """Its record exists or an earlier sitting's scores stand for it (the run directory may be gone)."""
+        return self.legacy == "kept" or (self.record is not None and self.record.exists())
 
     @property
     def corpus(self) -> str:
@@ -174,6 +184,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     """Every run of the study, in the order to start them (see the module docstring)."""
     python = sys.executable
     jobs: list[Job] = []
+    legacy = legacy_runs(args)
 
     def add(corpus: str, seed: int, arm_name: str, tier: int) -> None:
         arm = ARMS[arm_name]
@@ -185,6 +196,8 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         runs = run_dir(args, corpus, seed, arm_name)
         prefix = f"{corpus}/{seed}/{arm_name}"
         records = Path(args.records).resolve()
+        earlier = ("kept" if seed in legacy.get(corpus, {}).get(arm_name, ()) else
+                   "lost" if any(seed in seeds for seeds in legacy.get(corpus, {}).values()) else "")
         needs_pretrain = []
         if arm.pretrain is not None:
             flags = list(arm.pretrain)
@@ -201,14 +214,14 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             jobs.append(Job(f"{prefix}/pretrain", runs / "pretrain", [
                 python, "-m", "recipe.pretrain", *common, "--out", str(runs / "pretrain"),
                 "--epochs", str(args.pretrain_epochs), *flags], needs, tier, view,
-                record_path(records, corpus, seed, arm_name, "pretrain")))
+                record_path(records, corpus, seed, arm_name, "pretrain"), earlier))
             needs_pretrain = [f"{prefix}/pretrain"]
         init = ["--init", str(runs / "pretrain")] if arm.pretrain is not None else []
         epochs = args.finetune_epochs + (args.pretrain_epochs if arm.pretrain is None else 0)
         jobs.append(Job(f"{prefix}/finetune", runs / "finetune", [
             python, "-m", "recipe.finetune", *common, "--out", str(runs / "finetune"), "--epochs", str(epochs),
             "--num-beams", str(args.num_beams), *init], needs_pretrain, tier,
-            record=record_path(records, corpus, seed, arm_name, "finetune")))
+            record=record_path(records, corpus, seed, arm_name, "finetune"), legacy=earlier))
 
     for corpus in args.corpora:  # within one tier and seed, jobs keep this order: corpora, then arms
         for seed in seeds_of(args, corpus):
@@ -230,6 +243,15 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     return sorted(jobs, key=lambda j: (j.tier, j.seed))  # stable: corpora and arms keep their order
 
 
+def legacy_runs(args: argparse.Namespace) -> dict[str, dict[str, set[int]]]:
+    """{corpus: {arm: seeds}} that the earlier sittings in `--legacy` ran (empty without one)."""
+    if not args.legacy:
+        return {}
+    results = json.loads(Path(args.legacy).read_text())["results"]
+    return {corpus: {arm: {int(seed) for seed in seeds} for arm, seeds in arms.items()}
+            for corpus, arms in results.items()}
+
+
 def make_reference_view(reference: Path, view: Path, first_epoch: int) -> None:
     """A run directory whose trajectory is the reference run's checkpoints from `first_epoch` on (symlinks)."""
     from recipe.trajectory_store import TRAJECTORY_DIR, list_reference_checkpoints
@@ -247,7 +269,7 @@ def still_to_run(jobs: list[Job]) -> list[Job]:
     one of those needs (an SCL arm reads its reference run's trajectory, finetuning starts from its pretraining
     checkpoint): they run again, and must reproduce their record."""
     by_name = {j.name: j for j in jobs}
-    wanted = {j.name for j in jobs if not j.done and not j.archived}
+    wanted = {j.name for j in jobs if not j.done and not j.archived and not j.legacy}
     frontier = list(wanted)
     while frontier:
         for need in by_name[frontier.pop()].needs:
@@ -414,6 +436,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", action="store_true", help="only aggregate the finished runs")
     parser.add_argument("--repro-check", action="store_true", help="rerun the smallest configuration and compare")
     parser.add_argument("--results", default=str(RESULTS), help="where quality.md, quality.json and plots go")
+    parser.add_argument("--legacy", default=str(RESULTS / "quality_legacy.json"),
+                        help="the scores of earlier sittings whose run directories and records are gone: their "
+                             "seeds are not run again, and count in the report ('' for none)")
     parser.add_argument("--records", default=str(RESULTS / "quality_runs"),
                         help="where each finished run's record is kept (committed: the report and later seeds "
                              "need them after the run directories are gone)")
@@ -440,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         make_corpora(args)
+        archive_finished(args, jobs)
         run_jobs(jobs, args.workers, root / "logs", on_done=lambda job: archive_job(args, job))
     from quality_report import write_report  # the aggregation: benchmarks/quality_report.py
 

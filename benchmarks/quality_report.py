@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench_quality import ARMS, MAIN_CORPORA, MECHANISM_CORPUS, archive_finished, seeds_of
 from quality_records import RETRIEVAL, load, record_path, references_path, versions
-from quality_stats import SentenceStats, paired_difference, t_quantile
+from quality_stats import SentenceStats, paired_difference, pooled_difference, t_quantile
 
 DISCUSSION_MARK = "<!-- discussion -->"
 PAPER_TRAJECTORIES = {"high_to_low": "36%", "stays_high": "32%", "low_to_high": "18%"}
@@ -49,15 +49,26 @@ ABLATION_COMPARISONS = (
 
 
 # --- what finished ----------------------------------------------------------------------------------------
-def collect(args, jobs: list) -> dict:
+def load_legacy(args) -> dict:
+    """The earlier sittings' results (`--legacy`), or empty ones."""
+    if not args.legacy:
+        return {"results": {}, "comparisons": {}, "trajectories": {}, "twins": {}}
+    return json.loads(Path(args.legacy).read_text())
+
+
+def collect(args, jobs: list, legacy: dict) -> dict:
     """results[corpus][arm][seed] = {metrics..., "stats": SentenceStats, "seconds", "steps"} of the archived
-    arms (`quality_records.py`: the run directories themselves may be gone)."""
+    arms (`quality_records.py`: the run directories themselves may be gone); an earlier sitting's run has its
+    scores but no "stats" (its hypotheses are lost)."""
     results: dict = {}
     records = Path(args.records).resolve()
     references: dict[str, list[str]] = {}
-    archived = {j.name: j for j in jobs if j.archived}
     for job in jobs:
-        if job.stage != "finetune" or job.name not in archived:
+        if job.stage != "finetune" or not job.archived:
+            continue
+        if job.legacy == "kept":
+            row = {**legacy["results"][job.corpus][job.arm][str(job.seed)], "stats": None}
+            results.setdefault(job.corpus, {}).setdefault(job.arm, {})[job.seed] = row
             continue
         if job.corpus not in references:
             references[job.corpus] = load(references_path(records, job.corpus))["references"]
@@ -103,15 +114,26 @@ def seed_interval(arm: dict, base: dict, metric: str) -> dict | None:
     return {"metric": metric, "seeds": seeds, "per_seed": diffs, "mean": mean, "low": mean - half, "high": mean + half}
 
 
-def compare(results: dict, corpus: str, arm: str, base: str, resamples: int) -> dict | None:
+def compare(results: dict, corpus: str, arm: str, base: str, resamples: int, earlier: dict | None) -> dict | None:
+    """arm - base over their common seeds: those with hypotheses bootstrapped here, pooled with the earlier
+    sittings' comparison `earlier` (`quality_stats.pooled_difference`) for the seeds whose hypotheses are lost."""
     mine, other = results.get(corpus, {}).get(arm), results.get(corpus, {}).get(base)
     if not mine or not other or not set(mine) & set(other):
         return None
+    seeds = set(mine) & set(other)
+    later = {s for s in seeds if mine[s]["stats"] is not None and other[s]["stats"] is not None}
+    if seeds - later and (earlier is None or set(earlier["bleu4"]["seeds"]) != seeds - later):
+        raise ValueError(f"{corpus}: {arm} - {base}: seeds {sorted(seeds - later)} have no hypotheses and no "
+                         f"earlier comparison over exactly them in --legacy")
     out = {}
     for metric in ("bleu4", "bleu1", "rouge_l", "chrf"):
-        stats_a = {s: r["stats"] for s, r in mine.items()}
-        stats_b = {s: r["stats"] for s, r in other.items()}
-        out[metric] = paired_difference(stats_a, stats_b, metric, resamples=resamples).as_dict()
+        found = None
+        if later:
+            found = paired_difference({s: mine[s]["stats"] for s in later}, {s: other[s]["stats"] for s in later},
+                                      metric, resamples=resamples)
+        if seeds - later:
+            found = pooled_difference(earlier[metric], found)
+        out[metric] = found.as_dict()
     for metric in RETRIEVAL:
         found = seed_interval(mine, other, metric)
         if found:
@@ -134,15 +156,17 @@ def interval(diff: dict | None) -> str:
 
 
 # --- trajectories and twins ------------------------------------------------------------------------------
-def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
+def trajectory_tables(root: Path, args, results_dir: Path, legacy: dict) -> dict:
     """The reference runs' (cl) trajectory categories, as `recipe.analyze_trajectories` found them with the
     corpus's ground truth when each run was archived; mean shares over seeds, overall and per pair kind. The
-    first seed's plots go next to the report while its run's analysis is still on disk."""
+    first seed's plots go next to the report while its run's analysis is still on disk. The earlier sittings'
+    per-seed shares come first."""
     tables: dict = {}
     records = Path(args.records).resolve()
     for corpus in args.corpora:
-        overall: dict[str, list[float]] = {}
-        by_kind: dict[str, dict[str, list[float]]] = {}
+        earlier = json.loads(json.dumps(legacy["trajectories"].get(corpus, {})))  # a copy: its lists grow below
+        overall: dict[str, list[float]] = earlier.get("overall", {})
+        by_kind: dict[str, dict[str, list[float]]] = earlier.get("by_kind", {})
         for seed in seeds_of(args, corpus):
             path = record_path(records, corpus, seed, "cl", "pretrain")
             summary = load(path).get("trajectory_categories") if path.exists() else None
@@ -164,15 +188,17 @@ def trajectory_tables(root: Path, args, results_dir: Path) -> dict:
     return tables
 
 
-def twin_tables(args) -> dict[str, list[str]]:
-    """Twins per global batch in Pair Selection batches vs random ones, on each corpus's first reference run
-    (`benchmarks/bench_sampler.py`'s measurement at alpha 0, 0.5 and 1, made when the run was archived)."""
-    tables = {}
+def twin_tables(args, legacy: dict) -> dict[str, list[str]]:
+    """Twins per global batch in Pair Selection batches vs random ones, on one reference run per corpus
+    (`benchmarks/bench_sampler.py`'s measurement at alpha 0, 0.5 and 1, made when the run was archived): the
+    earlier sittings' (their seed 0), else the first seed whose record has it."""
+    tables = dict(legacy["twins"])
     for corpus in args.corpora:
-        path = record_path(Path(args.records).resolve(), corpus, seeds_of(args, corpus)[0], "cl", "pretrain")
-        if path.exists() and "twins" in load(path):
-            tables[corpus] = load(path)["twins"]
-    return tables
+        for seed in seeds_of(args, corpus):
+            path = record_path(Path(args.records).resolve(), corpus, seed, "cl", "pretrain")
+            if corpus not in tables and path.exists() and "twins" in load(path):
+                tables[corpus] = load(path)["twins"]
+    return {corpus: rows for corpus, rows in tables.items() if corpus in args.corpora}
 
 
 # --- plots -----------------------------------------------------------------------------------------------
@@ -225,15 +251,18 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
     plots = results_dir / "quality"
     plots.mkdir(exist_ok=True)
     archive_finished(args, jobs)  # runs finished in their directories, not yet recorded
-    results = collect(args, jobs)
+    legacy = load_legacy(args)
+    results = collect(args, jobs, legacy)
     comparisons: dict = {}
     for corpus in results:
         items = (MAIN_COMPARISONS if corpus in MAIN_CORPORA else ()) + \
                 (MECHANISM_COMPARISONS if corpus == MECHANISM_CORPUS else ()) + \
                 (ABLATION_COMPARISONS if corpus == args.ablation_corpus else ())
-        comparisons[corpus] = [(item, compare(results, corpus, item[0], item[1], resamples)) for item in items]
-    tables = trajectory_tables(root, args, results_dir)
-    twins = twin_tables(args)
+        earlier = {(c["arm"], c["baseline"]): c for c in legacy["comparisons"].get(corpus, []) if "bleu4" in c}
+        comparisons[corpus] = [(item, compare(results, corpus, item[0], item[1], resamples,
+                                              earlier.get((item[0], item[1])))) for item in items]
+    tables = trajectory_tables(root, args, results_dir, legacy)
+    twins = twin_tables(args, legacy)
     if results:
         plot_arms(results, plots / "quality_bleu4.png")
         plot_differences(comparisons, plots / "quality_differences.png")
@@ -241,9 +270,14 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
     study_args = [a for a in sys.argv[1:] if a not in ("--report",)]
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py " + shlex.join(study_args)
     finished = [j for j in jobs if j.archived]
+    recorded = [j for j in finished if not j.legacy]
+    kept = [j for j in finished if j.legacy]
+    lost = [j.name for j in jobs if j.legacy == "lost" and j.stage == "finetune"]
     per_corpus = "".join(f"; {corpus}: {seeds[0]}-{seeds[-1]}" for corpus, seeds in args.seeds_for.items())
-    cpu_hours = sum(load(j.record)["seconds"] for j in finished) / 3600
-    reruns = sum(load(j.record).get("reproduced", 0) for j in finished)
+    legacy_seconds = sum(legacy["results"][j.corpus][j.arm][str(j.seed)]["own_seconds"] for j in kept
+                         if j.stage == "finetune")  # an earlier run's own_seconds: its pretraining and finetuning
+    cpu_hours = (sum(load(j.record)["seconds"] for j in recorded) + legacy_seconds) / 3600
+    reruns = sum(load(j.record).get("reproduced", 0) for j in recorded)
     differing = sorted(str(p.relative_to(Path(args.records).resolve()))
                        for p in Path(args.records).resolve().glob("*/*/*/*.rerun.json"))
     lines = [
@@ -252,10 +286,7 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
         f"{_cpu_count()} CPU cores; {_versions()}). Command (from the repository root; resumable, "
         f"`--report` only aggregates):", "", f"```bash\n{command}\n```", "",
         f"Finished runs: {len(finished)} of {len(jobs)}, {cpu_hours:.1f} hours of run time in all (each run one "
-        f"CPU thread, {args.workers} at a time). Each run's record (test hypotheses, scores, steps, wall time, "
-        f"dev retrieval, trajectory categories) is kept in `{_portable(args.records)}/`; runs started again "
-        f"to rebuild a run directory another run needed: {reruns} reproduced their record exactly, "
-        f"{len(differing)} did not{(' (' + ', '.join(differing) + ')') if differing else ''}.", "",
+        f"CPU thread, {args.workers} at a time). " + provenance(args, kept, reruns, differing), "",
         f"Setup: corpora from `sharded_data.synth --preset CORPUS --seed 0 --video-format "
         f"{args.video_format}` ({', '.join(args.corpora)}); `tiny` "
         f"model, {args.frame_size} px frames, at most {args.max_frames} frames, batch {args.batch_size}, lr "
@@ -322,16 +353,21 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
         lines += ["## Plots", "", "![BLEU-4 per arm](quality/quality_bleu4.png)", "",
                   "![differences with intervals](quality/quality_differences.png)", ""]
         lines += [f"![{p.stem}](quality/{p.name})" for p in sorted(plots.glob("trajectories_*.png"))] + [""]
-    missing = [j.name for j in jobs if not j.archived]
+    missing = [j.name for j in jobs if not j.archived and not j.legacy]
     lines += [f"Runs not finished when this report was written: {len(missing)} of {len(jobs)}"
-              + (f" ({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''})" if missing else "") + ".", ""]
+              + (f" ({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''})" if missing else "") + "."]
+    if lost:
+        lines += [f"Never run, and not runnable now: {len(lost)} arms of the earlier sittings' seeds (a new run could "
+                  f"not be paired with that seed's lost hypotheses): {', '.join(lost)}."]
+    lines.append("")
 
     report = results_dir / "quality.md"
     discussion = ""
     if report.exists() and DISCUSSION_MARK in report.read_text():
         discussion = report.read_text().split(DISCUSSION_MARK, 1)[1]
     report.write_text("\n".join(lines) + f"\n{DISCUSSION_MARK}{discussion}")
-    plain = {corpus: {arm: {seed: {k: v for k, v in row.items() if k != "stats"} for seed, row in rows.items()}
+    plain = {corpus: {arm: {seed: {k: v for k, v in row.items() if k != "stats"} | {"hypotheses": row["stats"] is not None}
+                            for seed, row in rows.items()}
                       for arm, rows in arms.items()} for corpus, arms in results.items()}
     (results_dir / "quality.json").write_text(json.dumps(
         {"settings": {k: _portable(v) for k, v in vars(args).items()}, "results": plain,
@@ -340,6 +376,20 @@ def write_report(root: Path, args, jobs: list, results_dir: Path, resamples: int
          "trajectories": tables}, indent=1, default=str))
     print(f"report: {report}")
     return report
+
+
+def provenance(args, kept: list, reruns: int, differing: list[str]) -> str:
+    """Where the numbers come from: records, the earlier sittings' frozen results, reruns that disagreed."""
+    text = (f"Each run's record (test hypotheses, scores, steps, wall time, dev R@1, trajectory categories) is in "
+            f"`{_portable(args.records)}/`.")
+    if kept:
+        text += (f" {len(kept)} runs are from earlier sittings whose run directories were lost: their scores, costs, "
+                 f"per-seed differences and test-sentence terms come from `{_portable(args.legacy)}`; a comparison "
+                 f"adding later seeds to them bounds its sentence term from above (`quality_stats.pooled_difference`).")
+    if reruns or differing:
+        text += (f" Runs started again because another run needed their directory: {reruns} reproduced their record "
+                 f"exactly, {len(differing)} did not{(' (' + ', '.join(differing) + ')') if differing else ''}.")
+    return text
 
 
 def _portable(value):

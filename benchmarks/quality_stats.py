@@ -14,7 +14,8 @@ of uncertainty enter it:
 
 The 95% interval is mean +- t(0.975, n - 1) * sqrt(se_seed^2 + se_sentence^2): Student's t for the few seeds
 (with n = 5, t = 2.78), the sentence term added in variance. With a single seed only the sentence term is
-left, and the interval says so (`seeds` = 1).
+left, and the interval says so (`seeds` = 1). Seeds whose hypotheses are lost are pooled with later ones by
+`pooled_difference`, whose sentence term is an upper bound.
 
 Sentence-level sufficient statistics come from sacreBLEU itself (`_extract_corpus_statistics` and
 `_compute_score_from_stats`, the functions its own significance tests use), so a resampled corpus score is
@@ -122,6 +123,30 @@ def paired_difference(arm: Mapping[int, SentenceStats], base: Mapping[int, Sente
     se_sentence = float(replicates.std(ddof=1))
     half = (t_quantile(n - 1) if n > 1 else 1.96) * math.sqrt(se_seed**2 + se_sentence**2)
     return PairedDifference(metric, seeds, per_seed, mean, se_seed, se_sentence, mean - half, mean + half, size)
+
+
+def pooled_difference(earlier: Mapping, later: PairedDifference | None) -> PairedDifference:
+    """`earlier` (a PairedDifference's dict from seeds whose hypotheses are gone: only its per-seed differences
+    and sentence term survive) pooled with `later` (seeds with hypotheses) into one difference over all seeds.
+
+    The seed term is exact: sd over every per-seed difference. The sentence term of the pooled mean
+    (n_e * m_e + n_l * m_l) / n is bounded from above: the two groups' bootstrap replicates would come from one
+    resample, so they correlate by an unknown rho <= 1, and sd(n_e m_e + n_l m_l) <= n_e se_e + n_l se_l
+    (rho = 1). The interval is therefore at least as wide as the one all hypotheses would give."""
+    seeds, per_seed = list(earlier["seeds"]), list(earlier["per_seed"])
+    if later is None:
+        return PairedDifference(earlier["metric"], seeds, per_seed, earlier["mean"], earlier["se_seed"],
+                                earlier["se_sentence"], earlier["low"], earlier["high"], earlier["sentences"])
+    if set(seeds) & set(later.seeds) or earlier["sentences"] != later.sentences or earlier["metric"] != later.metric:
+        raise ValueError("pooled groups must have distinct seeds, one test set and one metric")
+    seeds, per_seed = seeds + later.seeds, per_seed + later.per_seed
+    n = len(seeds)
+    mean = statistics.fmean(per_seed)
+    se_seed = statistics.stdev(per_seed) / math.sqrt(n)
+    se_sentence = (len(earlier["seeds"]) * earlier["se_sentence"] + len(later.seeds) * later.se_sentence) / n
+    half = t_quantile(n - 1) * math.sqrt(se_seed**2 + se_sentence**2)
+    return PairedDifference(later.metric, seeds, per_seed, mean, se_seed, se_sentence, mean - half, mean + half,
+                            later.sentences)
 
 
 def read_hypotheses(path) -> dict[int, tuple[str, str]]:
