@@ -1,7 +1,8 @@
 """Does Pair Selection help? The paper's tables at CPU scale: arms x corpora x seeds, run as the CLI a user types.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_quality.py --out runs/quality --workers 2   # resumable
-        # --seeds 0 ... 9 --seeds-for phoenix-like=16: more seeds where the paired differences spread more
+        # --seeds 0 ... 9 --seeds-for csl-like=20 --seeds-for phoenix-like=30 (the study): more seeds where the
+        # paired differences spread more
     .venv/bin/python benchmarks/bench_quality.py --out runs/quality --report     # only aggregate what finished
     .venv/bin/python benchmarks/bench_quality.py --out runs/quality --repro-check
         # rerun the smallest configuration (one random-negative arm, seed 0) in fresh processes: same numbers?
