@@ -77,7 +77,11 @@ def archive_pretrain(run: Path, record: Path, corpus_data: Path, analysis: Path 
         if not summary.exists():
             subprocess.run([sys.executable, "-m", "recipe.analyze_trajectories", str(run), "--out", str(analysis),
                             "--relative", "--data", str(corpus_data)], check=True, capture_output=True)
-        found["trajectory_categories"] = load(summary)
+        categories = load(summary)
+        # The record is committed: name the checkpoints relative to the run, not by this machine's paths.
+        categories["run_checkpoints"] = [str(Path(c).relative_to(run.resolve())) if Path(c).is_absolute() else c
+                                         for c in categories.get("run_checkpoints", [])]
+        found["trajectory_categories"] = categories
         if twins_batch:
             found["twins"] = _twin_rows(run, twins_batch)
     return _write(record, "pretrain", found)
