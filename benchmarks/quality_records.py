@@ -16,6 +16,7 @@ says so. The report counts both.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -79,8 +80,7 @@ def archive_pretrain(run: Path, record: Path, corpus_data: Path, analysis: Path 
                             "--relative", "--data", str(corpus_data)], check=True, capture_output=True)
         categories = load(summary)
         # The record is committed: name the checkpoints relative to the run, not by this machine's paths.
-        categories["run_checkpoints"] = [str(Path(c).relative_to(run.resolve())) if Path(c).is_absolute() else c
-                                         for c in categories.get("run_checkpoints", [])]
+        categories["run_checkpoints"] = [os.path.relpath(c, run) for c in categories.get("run_checkpoints", [])]
         found["trajectory_categories"] = categories
         if twins_batch:
             found["twins"] = _twin_rows(run, twins_batch)
